@@ -1,0 +1,24 @@
+"""nfnet_keras: Normalizer-Free networks for Keras 3."""
+
+from nfnet_keras import layers
+from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
+from nfnet_keras.layers import (
+    GammaAct,
+    ScaledStdConv2D,
+    SkipGain,
+    SqueezeExcite,
+    StochasticDepth,
+)
+from nfnet_keras.models.nfnet import (
+    NFNet,
+    NFNetF0,
+    NFNetF1,
+    NFNetF2,
+    NFNetF3,
+    NFNetF4,
+    NFNetF5,
+    NFNetF6,
+    NFNetF7,
+)
+
+__version__ = "0.1.0"

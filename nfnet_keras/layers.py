@@ -1,0 +1,450 @@
+"""Keras layers of the Normalizer-Free model family.
+
+Every layer here uses `keras.ops` only, is serializable through `get_config`
+and is registered under the package name ``nfnet_keras`` so that `.keras`
+files reload without `custom_objects`.
+
+Two numerical conventions exist for the same published weights
+(reference doc ``nfnet-reference.md`` §1, §4, §5):
+
+* ``"deepmind"`` — deepmind-research ``nfnets/base.py``: tanh-approximate GELU,
+  scaled weight standardisation ``(w - mean) * gain / sqrt(max(N * var, 1e-4))``.
+* ``"timm"`` — timm ``timm/layers/std_conv.py`` / ``timm/models/nfnet.py``:
+  exact (erf) GELU, ``(w - mean) / sqrt(var + 1e-5) * gain * N**-0.5``.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+PACKAGE = "nfnet_keras"
+
+CONVENTIONS = ("deepmind", "timm")
+
+# Activation gains gamma: 1 / std(act(z)) for z ~ N(0, 1), empirical values
+# copied digit for digit from deepmind-research `nfnets/base.py`
+# (`nonlinearities`), also in timm `timm/models/nfnet.py` (`_nonlin_gamma`);
+# reference doc §3.8.
+GAMMA = {
+    "identity": 1.0,
+    "celu": 1.270926833152771,
+    "elu": 1.2716004848480225,
+    "gelu": 1.7015043497085571,
+    "leaky_relu": 1.70590341091156,
+    "log_sigmoid": 1.9193484783172607,
+    "log_softmax": 1.0002083778381348,
+    "relu": 1.7139588594436646,
+    "relu6": 1.7131484746932983,
+    "selu": 1.0008515119552612,
+    "sigmoid": 4.803835391998291,
+    "silu": 1.7881293296813965,
+    "softsign": 2.338853120803833,
+    "softplus": 1.9203323125839233,
+    "tanh": 1.5939117670059204,
+}
+_ALIASES = {"swish": "silu", "soft_sign": "softsign", "linear": "identity"}
+
+# Scaled-WS epsilons (reference doc §4): DeepMind floors N * var at 1e-4;
+# timm adds `std_conv_eps` = 1e-5 (all NfCfg models) to the variance.
+DEEPMIND_WS_EPS = 1e-4
+TIMM_WS_EPS = 1e-5
+
+
+def _check_convention(convention, argument="convention"):
+    if convention not in CONVENTIONS:
+        raise ValueError(
+            f"`{argument}` must be one of {CONVENTIONS}. "
+            f"Received: {argument}={convention!r}"
+        )
+
+
+def canonical_activation(name):
+    """Returns the canonical name of an activation of the gamma table."""
+    if not isinstance(name, str):
+        raise ValueError(
+            "`activation` must be the name of an activation of the gamma table "
+            f"{sorted(GAMMA)}. Received: activation={name!r}"
+        )
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in GAMMA:
+        raise ValueError(
+            f"`activation` must be one of {sorted(GAMMA) + sorted(_ALIASES)}. "
+            f"Received: activation={name!r}"
+        )
+    return key
+
+
+def _apply_activation(name, x, approximate_gelu):
+    if name == "identity":
+        return x
+    if name == "gelu":
+        return ops.gelu(x, approximate=approximate_gelu)
+    if name == "leaky_relu":
+        # JAX default slope, the one the gamma constant was measured with.
+        return ops.leaky_relu(x, negative_slope=0.01)
+    if name == "softsign":
+        return ops.soft_sign(x)
+    return getattr(ops, name)(x)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ScaledStdConv2D(keras.layers.Conv2D):
+    """Conv2D with Scaled Weight Standardization and a learnable gain.
+
+    The kernel used in the convolution is standardised per output channel
+    over its fan-in axes (H, W, I of the HWIO kernel; grouped convolutions
+    standardise each filter over its own ``C_in / groups`` inputs) and
+    scaled by a learnable per-channel ``gain`` (Brock et al. 2021,
+    arXiv:2101.08692 §4; reference doc §4). Statistics are computed in
+    float32 whatever the dtype policy; the convolution itself (padding,
+    strides, groups) is Keras's own.
+
+    Args:
+        filters, kernel_size, strides, padding, groups, use_bias, ...:
+            as for `keras.layers.Conv2D`. Padding defaults to ``"same"``,
+            the TensorFlow/XLA rule the reference uses (§3.7).
+        convention: ``"deepmind"`` (default) or ``"timm"``: which
+            standardisation formula (see module docstring).
+        eps: the epsilon of that formula; defaults to 1e-4 (deepmind) or
+            1e-5 (timm).
+        gamma: an extra constant multiplier of the standardised kernel.
+            timm's non-``dm_`` NF models fold the activation gain into the
+            convolution this way; leave it at 1 otherwise.
+        gain_initializer: initializer of ``gain`` (default ones).
+
+    Example:
+    >>> conv = ScaledStdConv2D(16, 3, strides=2)
+    >>> conv(np.zeros((1, 32, 32, 3))).shape
+    (1, 16, 16, 16)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        convention="deepmind",
+        eps=None,
+        gamma=1.0,
+        gain_initializer="ones",
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        _check_convention(convention)
+        if kernel_initializer is None:
+            # deepmind-research `base.WSConv2D`: VarianceScaling(1, fan_in,
+            # untruncated normal) = N(0, 1 / fan_in) (reference doc §3.10).
+            kernel_initializer = keras.initializers.VarianceScaling(
+                1.0, "fan_in", "untruncated_normal"
+            )
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            kernel_initializer=kernel_initializer,
+            **kwargs,
+        )
+        if self.data_format != "channels_last":
+            raise ValueError(
+                "ScaledStdConv2D supports only `data_format='channels_last'`. "
+                f"Received: data_format={self.data_format!r}"
+            )
+        self.convention = convention
+        self.eps = float(
+            eps
+            if eps is not None
+            else (DEEPMIND_WS_EPS if convention == "deepmind" else TIMM_WS_EPS)
+        )
+        self.gamma = float(gamma)
+        self.gain_initializer = keras.initializers.get(gain_initializer)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.gain = self.add_weight(
+            name="gain",
+            shape=(self.filters,),
+            initializer=self.gain_initializer,
+            trainable=True,
+            dtype=self.dtype,
+        )
+        # Weight standardisation reads the float32 master weights even under
+        # a mixed-precision policy (design.md "Scale"): switch off the
+        # variables' autocasting; `call` casts the result once.
+        self._kernel._autocast = False
+        self.gain._autocast = False
+
+    @property
+    def fan_in(self):
+        return int(math.prod(self._kernel.shape[:-1]))
+
+    def standardized_kernel(self):
+        """The kernel the convolution uses, in float32."""
+        kernel = ops.cast(self._kernel, "float32")
+        gain = ops.cast(self.gain, "float32")
+        axes = (0, 1, 2)
+        mean = ops.mean(kernel, axis=axes, keepdims=True)
+        var = ops.var(kernel, axis=axes, keepdims=True)  # population variance
+        if self.convention == "deepmind":
+            # deepmind-research `base.WSConv2D`: w * s - mean * s with
+            # s = gain * rsqrt(max(N * var, eps)).
+            scale = ops.rsqrt(ops.maximum(var * self.fan_in, self.eps)) * gain
+            if self.gamma != 1.0:
+                scale = scale * self.gamma
+            return kernel * scale - mean * scale
+        # timm `ScaledStdConv2d`: batch_norm of the kernel with weight
+        # gain * gamma * N**-0.5 and eps added to the variance.
+        scale = gain * (self.gamma * self.fan_in**-0.5)
+        return (kernel - mean) * (ops.rsqrt(var + self.eps) * scale)
+
+    def call(self, inputs):
+        kernel = ops.cast(self.standardized_kernel(), self.compute_dtype)
+        outputs = self.convolution_op(inputs, kernel)
+        if self.use_bias:
+            outputs = ops.add(outputs, ops.cast(self.bias, self.compute_dtype))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    # Conv2D saves only kernel and bias; save and load every variable
+    # (kernel, bias, gain) instead, in creation order.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "convention": self.convention,
+                "eps": self.eps,
+                "gamma": self.gamma,
+                "gain_initializer": keras.initializers.serialize(
+                    self.gain_initializer
+                ),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GammaAct(keras.layers.Layer):
+    """An activation multiplied by its gain gamma, then by a constant `beta`.
+
+    Computes ``(act(x) * gamma) * beta`` in that order (reference doc §3.3,
+    §10). gamma comes from the reference table (`GAMMA`) unless given. GELU
+    is the tanh approximation under the ``"deepmind"`` convention and the
+    exact erf form under ``"timm"`` (reference doc §1 item 1).
+
+    Args:
+        activation: a name of the gamma table (``"gelu"``, ``"relu"``,
+            ``"silu"``/``"swish"``, ...).
+        gamma: the gain; `None` takes the table's value.
+        beta: an extra constant factor (the NF block's 1 / expected std).
+        convention: ``"deepmind"`` or ``"timm"``.
+    """
+
+    def __init__(
+        self, activation="gelu", gamma=None, beta=1.0, convention="deepmind", **kwargs
+    ):
+        super().__init__(**kwargs)
+        _check_convention(convention)
+        self.activation = canonical_activation(activation)
+        self.gamma = float(GAMMA[self.activation] if gamma is None else gamma)
+        self.beta = float(beta)
+        self.convention = convention
+        self.supports_masking = True
+
+    def call(self, inputs):
+        x = _apply_activation(
+            self.activation, inputs, approximate_gelu=self.convention == "deepmind"
+        )
+        if self.gamma != 1.0:
+            x = x * self.gamma
+        if self.beta != 1.0:
+            x = x * self.beta
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "activation": self.activation,
+                "gamma": self.gamma,
+                "beta": self.beta,
+                "convention": self.convention,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SqueezeExcite(keras.layers.Layer):
+    """Squeeze-and-Excite with a gated output scaled by `gate_gain`.
+
+    ``x * gate_gain * sigmoid(fc2(relu(fc1(mean_hw(x)))))`` — the plain ReLU
+    and the factor 2 of deepmind-research `base.SqueezeExcite` / `NFBlock`
+    (reference doc §3.9; the 2 rescales the gate's expected value 0.5 to 1).
+
+    Args:
+        hidden_units: width of the bottleneck (`fc1` output).
+        gate_gain: constant multiplying the gate (2.0 in every NF model).
+    """
+
+    def __init__(self, hidden_units, gate_gain=2.0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(hidden_units, int) or hidden_units < 1:
+            raise ValueError(
+                "`hidden_units` must be a positive integer. "
+                f"Received: hidden_units={hidden_units!r}"
+            )
+        self.hidden_units = hidden_units
+        self.gate_gain = float(gate_gain)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        # Haiku Linear default init: truncated normal, stddev 1/sqrt(fan_in)
+        # (reference doc §3.10).
+        self.fc1 = keras.layers.Dense(
+            self.hidden_units,
+            kernel_initializer=keras.initializers.TruncatedNormal(
+                stddev=1.0 / math.sqrt(channels)
+            ),
+            dtype=self.dtype_policy,
+            name="fc1",
+        )
+        self.fc2 = keras.layers.Dense(
+            channels,
+            kernel_initializer=keras.initializers.TruncatedNormal(
+                stddev=1.0 / math.sqrt(self.hidden_units)
+            ),
+            dtype=self.dtype_policy,
+            name="fc2",
+        )
+        self.fc1.build((None, channels))
+        self.fc2.build((None, self.hidden_units))
+
+    def call(self, inputs):
+        squeezed = ops.mean(inputs, axis=(1, 2))
+        gate = ops.sigmoid(self.fc2(ops.relu(self.fc1(squeezed))))
+        gate = gate[:, None, None, :]
+        return (self.gate_gain * gate) * inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"hidden_units": self.hidden_units, "gate_gain": self.gate_gain})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StochasticDepth(keras.layers.Layer):
+    """Drops a residual branch per example during training.
+
+    DeepMind's form (`base.StochDepth`, reference doc §3.5) keeps a sample
+    with probability ``1 - rate`` and does **not** rescale the kept ones;
+    ``scale_by_keep=True`` gives timm's `DropPath` (divides by the keep
+    probability). Identity at inference.
+    """
+
+    def __init__(self, rate, scale_by_keep=False, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(
+                f"`rate` must be in [0, 1). Received: rate={rate!r}"
+            )
+        self.rate = float(rate)
+        self.scale_by_keep = bool(scale_by_keep)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        noise = keras.random.uniform(shape, seed=self.seed_generator, dtype="float32")
+        mask = ops.cast(ops.floor(keep + noise), inputs.dtype)
+        if self.scale_by_keep:
+            mask = mask / keep
+        return inputs * mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"rate": self.rate, "scale_by_keep": self.scale_by_keep, "seed": self.seed}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SkipGain(keras.layers.Layer):
+    """Scales a residual branch by a learnable scalar, then by `alpha`.
+
+    ``(x * skip_gain) * alpha`` with ``skip_gain`` initialised to 0 (SkipInit;
+    deepmind-research `nfnet.NFBlock`, reference doc §1 item 9), so each
+    block starts as the identity. `alpha` is the NF block's residual scale
+    (0.2 in every NF model, reference doc §3.4).
+    """
+
+    def __init__(self, alpha=0.2, gain_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.alpha = float(alpha)
+        self.gain_initializer = keras.initializers.get(gain_initializer)
+
+    def build(self, input_shape):
+        self.skip_gain = self.add_weight(
+            name="skip_gain", shape=(), initializer=self.gain_initializer
+        )
+
+    def call(self, inputs):
+        return (inputs * ops.cast(self.skip_gain, inputs.dtype)) * self.alpha
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "alpha": self.alpha,
+                "gain_initializer": keras.initializers.serialize(self.gain_initializer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Normalize(keras.layers.Layer):
+    """Per-channel ``(x - mean) / std`` with constants, for in-model preprocessing."""
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def call(self, inputs):
+        inputs = ops.cast(inputs, self.compute_dtype)
+        mean = ops.convert_to_tensor(self.mean, dtype=inputs.dtype)
+        std = ops.convert_to_tensor(self.std, dtype=inputs.dtype)
+        return (inputs - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mean": self.mean, "std": self.std})
+        return config

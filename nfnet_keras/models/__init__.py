@@ -1,0 +1,1 @@
+"""The NF model families."""
