@@ -20,5 +20,23 @@ from nfnet_keras.models.nfnet import (
     NFNetF6,
     NFNetF7,
 )
+from nfnet_keras.models.nf_regnet import (
+    NFRegNet,
+    NFRegNetB0,
+    NFRegNetB1,
+    NFRegNetB2,
+    NFRegNetB3,
+    NFRegNetB4,
+    NFRegNetB5,
+)
+from nfnet_keras.models.nf_resnet import (
+    NFResNet,
+    NFResNet26,
+    NFResNet50,
+    NFResNet101,
+    NFResNet152,
+    NFResNet200,
+)
+from nfnet_keras.models import MODELS, get_model
 
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ each family module holds only its rows and its stem.
 """
 
 import math
+import sys
 
 import keras
 from keras import layers
@@ -15,6 +16,12 @@ from keras.src.ops import operation_utils
 
 from nfnet_keras import layers as nf_layers
 from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD
+
+# Keras walks functional graphs recursively (building, saving, loading);
+# NFNet-F6/F7 are ~1,300 layers deep, past Python's default limit of 1,000.
+_RECURSION_LIMIT = 20_000
+if sys.getrecursionlimit() < _RECURSION_LIMIT:
+    sys.setrecursionlimit(_RECURSION_LIMIT)
 
 # Residual branch scale alpha of every NF model (reference doc §3.4;
 # deepmind-research `nfnet.py`, `nf_resnet.py`, `nf_regnet.py` default 0.2).
@@ -323,3 +330,49 @@ def resolve_rate(value, default, argument):
             f"`{argument}` must be a float in [0, 1). Received: {argument}={value!r}"
         )
     return float(value)
+
+
+def make_constructor(builder, variant, public_name, model_name, doc):
+    """A keras.applications-style constructor for one row of a family.
+
+    `builder(variant, **arguments)` builds the model; `doc` are the fields
+    of `BASE_DOCSTRING` that differ between rows.
+    """
+
+    def constructor(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        name=model_name,
+        include_preprocessing=False,
+        **kwargs,
+    ):
+        return builder(
+            variant,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            name=name,
+            include_preprocessing=include_preprocessing,
+            **kwargs,
+        )
+
+    constructor.__name__ = constructor.__qualname__ = public_name
+    constructor.__doc__ = BASE_DOCSTRING.format(name=model_name, **doc)
+    return constructor
+
+
+def check_variant(variant, variants):
+    if variant not in variants:
+        raise ValueError(
+            f"`variant` must be one of {sorted(variants)}. Received: variant={variant!r}"
+        )
+    return variants[variant]

@@ -70,11 +70,7 @@ def NFNet(
     agc_clipping=0.01,
 ):
     """Builds an NFNet from its row name ("F0" ... "F7", "tiny")."""
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"`variant` must be one of {sorted(VARIANTS)}. Received: variant={variant!r}"
-        )
-    row = VARIANTS[variant]
+    row = _common.check_variant(variant, VARIANTS)
     name = name or f"nfnet_{variant.lower()}"
     input_shape = _common.validate_arguments(
         include_top=include_top,
@@ -154,49 +150,25 @@ def NFNet(
 
 def _constructor(variant):
     row = VARIANTS[variant]
-
-    def constructor(
-        include_top=True,
-        weights=None,
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=1000,
-        classifier_activation="softmax",
-        name=f"nfnet_{variant.lower()}",
-        include_preprocessing=False,
-        **kwargs,
-    ):
-        return NFNet(
-            variant,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            name=name,
-            include_preprocessing=include_preprocessing,
-            **kwargs,
-        )
-
-    constructor.__name__ = constructor.__qualname__ = f"NFNet{variant}"
-    constructor.__doc__ = _common.BASE_DOCSTRING.format(
-        title=f"NFNet-{variant}",
-        reference="[High-Performance Large-Scale Image Recognition Without "
-        "Normalization](https://arxiv.org/abs/2102.06171) (ICML 2021)",
-        published=(
-            f"{row.params:,} parameters, {row.flops / 1e9:.2f} GMACs at "
-            f"{row.test_size}px, ImageNet top-1 "
-            + (f"{row.top1}%" if row.top1 else "not published")
+    return _common.make_constructor(
+        NFNet,
+        variant,
+        f"NFNet{variant}",
+        f"nfnet_{variant.lower()}",
+        dict(
+            title=f"NFNet-{variant}",
+            reference="[High-Performance Large-Scale Image Recognition Without "
+            "Normalization](https://arxiv.org/abs/2102.06171) (ICML 2021)",
+            published=(
+                f"{row.params:,} parameters, {row.flops / 1e9:.2f} GMACs at "
+                f"{row.test_size}px, ImageNet top-1 "
+                + (f"{row.top1}%" if row.top1 else "not published")
+            ),
+            default_size=row.test_size,
+            dropout=row.dropout_rate,
+            stochastic_depth=STOCHASTIC_DEPTH_RATE,
         ),
-        default_size=row.test_size,
-        name=f"nfnet_{variant.lower()}",
-        dropout=row.dropout_rate,
-        stochastic_depth=STOCHASTIC_DEPTH_RATE,
     )
-    return constructor
 
 
 NFNetF0 = _constructor("F0")

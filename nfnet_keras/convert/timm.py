@@ -1,0 +1,176 @@
+"""timm state dict -> Keras NF model, by parameter name, with shape checks.
+
+timm stores PyTorch layouts: conv kernels OIHW, linear weights (out, in),
+WS gains (out, 1, 1, 1), SE convs 1x1 (out, in, 1, 1). Keras uses HWIO and
+(in, out). The name rules for timm's `dm_nfnet_*` models are those of the
+reference doc §9.3 table (DeepMind name <-> timm name). Every Keras variable
+must find its tensor and every tensor must be used; otherwise nothing is
+assigned and the error lists the names on each side.
+
+The weights reproduce timm's outputs only when the Keras model was built
+with ``convention="timm"`` (exact GELU, timm's weight standardisation);
+`timm_model_kwargs` returns the constructor arguments for that.
+"""
+
+import re
+
+import numpy as np
+
+from nfnet_keras import layers as nf_layers
+
+# Keras layer-name rules -> timm module prefix, for `dm_nfnet_*` (and the
+# package's tiny NFNet row, which has the same structure).
+_DM_NFNET_RULES = [
+    (r"stem_conv(\d)", lambda m: f"stem.conv{int(m[1]) + 1}"),
+    (r"stage(\d+)_block(\d+)_conv0", lambda m: f"stages.{m[1]}.{m[2]}.conv1"),
+    (r"stage(\d+)_block(\d+)_conv1", lambda m: f"stages.{m[1]}.{m[2]}.conv2"),
+    (r"stage(\d+)_block(\d+)_conv1b", lambda m: f"stages.{m[1]}.{m[2]}.conv2b"),
+    (r"stage(\d+)_block(\d+)_conv2", lambda m: f"stages.{m[1]}.{m[2]}.conv3"),
+    (r"stage(\d+)_block(\d+)_shortcut_conv", lambda m: f"stages.{m[1]}.{m[2]}.downsample.conv"),
+    (r"stage(\d+)_block(\d+)_se", lambda m: f"stages.{m[1]}.{m[2]}.attn_last"),
+    (r"stage(\d+)_block(\d+)_skip_gain", lambda m: f"stages.{m[1]}.{m[2]}"),
+    (r"final_conv", lambda m: "final_conv"),
+    (r"predictions", lambda m: "head.fc"),
+]
+
+RULES = {"dm_nfnet": _DM_NFNET_RULES}
+
+
+def _conv_kernel(w):
+    return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+
+
+def _linear_kernel(w):
+    if w.ndim == 4:  # 1x1 conv used as a linear layer (timm SE)
+        w = w[:, :, 0, 0]
+    return np.transpose(w)  # (out, in) -> (in, out)
+
+
+def _flat(w):
+    return np.reshape(w, (-1,))
+
+
+def _targets(layer, prefix):
+    """(variable, timm key, layout transform) for each weight of `layer`."""
+    if isinstance(layer, nf_layers.ScaledStdConv2D):
+        out = [(layer._kernel, f"{prefix}.weight", _conv_kernel)]
+        if layer.use_bias:
+            out.append((layer.bias, f"{prefix}.bias", None))
+        out.append((layer.gain, f"{prefix}.gain", _flat))
+        return out
+    if isinstance(layer, nf_layers.SqueezeExcite):
+        return [
+            (layer.fc1.kernel, f"{prefix}.fc1.weight", _linear_kernel),
+            (layer.fc1.bias, f"{prefix}.fc1.bias", None),
+            (layer.fc2.kernel, f"{prefix}.fc2.weight", _linear_kernel),
+            (layer.fc2.bias, f"{prefix}.fc2.bias", None),
+        ]
+    if isinstance(layer, nf_layers.SkipGain):
+        return [(layer.skip_gain, f"{prefix}.skipinit_gain", None)]
+    # The classifier (keras Dense).
+    return [
+        (layer.kernel, f"{prefix}.weight", _linear_kernel),
+        (layer.bias, f"{prefix}.bias", None),
+    ]
+
+
+def _has_weights(layer):
+    return bool(layer.weights) and not layer.__class__.__name__ in (
+        "StochasticDepth",
+        "Dropout",
+    )
+
+
+def timm_names(model, arch="dm_nfnet"):
+    """Lists (keras variable, timm key, transform) for every weight of `model`."""
+    if arch not in RULES:
+        raise ValueError(
+            f"`arch` must be one of {sorted(RULES)}. Received: arch={arch!r}"
+        )
+    rules = [(re.compile(pattern + r"$"), fn) for pattern, fn in RULES[arch]]
+    targets, unmapped = [], []
+    for layer in model.layers:
+        if not _has_weights(layer):
+            continue
+        for pattern, fn in rules:
+            match = pattern.match(layer.name)
+            if match:
+                targets.extend(_targets(layer, fn(match)))
+                break
+        else:
+            unmapped.append(layer.name)
+    if unmapped:
+        raise ValueError(
+            f"No timm name rule ({arch}) for these layers of model "
+            f"'{model.name}':\n  " + "\n  ".join(unmapped)
+        )
+    return targets
+
+
+def to_numpy(state_dict):
+    """A name -> NumPy float array dict from a torch/NumPy state dict."""
+    out = {}
+    for key, value in state_dict.items():
+        if hasattr(value, "detach"):  # torch tensor
+            value = value.detach().cpu().float().numpy()
+        out[key] = np.asarray(value)
+    return out
+
+
+def load_timm_state_dict(model, state_dict, arch="dm_nfnet", skip=None):
+    """Assigns a timm state dict to a Keras NF model.
+
+    Args:
+        model: a model built by this package (layer names are the contract).
+        state_dict: mapping timm name -> array (torch tensors accepted).
+        arch: the name-rule set; ``"dm_nfnet"`` for timm's `dm_nfnet_*`.
+        skip: optional regex of timm names allowed to stay unused (e.g. the
+            head, ``r"head\\.fc\\."``, when loading into `include_top=False`).
+
+    Raises:
+        ValueError: listing every Keras weight without a tensor, every tensor
+            without a Keras weight, and every shape mismatch. Nothing is
+            assigned in that case.
+    """
+    tensors = to_numpy(state_dict)
+    targets = timm_names(model, arch)
+    missing, mismatched, assignments = [], [], []
+    for variable, key, transform in targets:
+        if key not in tensors:
+            missing.append(f"{key} (for {variable.path})")
+            continue
+        value = tensors[key]
+        if transform is not None:
+            value = transform(value)
+        if tuple(value.shape) != tuple(variable.shape):
+            mismatched.append(
+                f"{key}: {tuple(tensors[key].shape)} -> {tuple(value.shape)}, "
+                f"expected {tuple(variable.shape)} for {variable.path}"
+            )
+            continue
+        assignments.append((variable, value))
+    used = {key for _, key, _ in targets}
+    skip_re = re.compile(skip) if skip else None
+    leftover = sorted(
+        k for k in tensors if k not in used and not (skip_re and skip_re.match(k))
+    )
+    if missing or leftover or mismatched:
+        lines = []
+        if missing:
+            lines.append("missing from the state dict:\n  " + "\n  ".join(missing))
+        if leftover:
+            lines.append("unused tensors of the state dict:\n  " + "\n  ".join(leftover))
+        if mismatched:
+            lines.append("shape mismatches:\n  " + "\n  ".join(mismatched))
+        raise ValueError(
+            f"Cannot load the timm state dict into model '{model.name}' "
+            f"({arch} rules):\n" + "\n".join(lines)
+        )
+    for variable, value in assignments:
+        variable.assign(value.astype(variable.dtype))
+    return model
+
+
+def timm_model_kwargs():
+    """Constructor arguments that reproduce timm's forward pass."""
+    return {"convention": "timm"}

@@ -1,0 +1,74 @@
+"""Numerical parity of the NFNet forward pass with timm (independent oracle)."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _timm import timm, torch  # noqa: E402
+
+import nfnet_keras  # noqa: E402
+from nfnet_keras.convert.timm import load_timm_state_dict  # noqa: E402
+
+
+def randomize_timm(model, seed=0):
+    """Gives every parameter a non-trivial random value.
+
+    Skip gains are zero at init and gains one: left as they are they would
+    hide every residual-branch and gain bug.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("skipinit_gain"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif name.endswith(".gain"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif p.ndim >= 2:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(fan_in))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def timm_f0():
+    return randomize_timm(timm.create_model("dm_nfnet_f0"))
+
+
+def _timm_outputs(model, images):
+    with torch.inference_mode():
+        x = torch.from_numpy(np.transpose(images, (0, 3, 1, 2)).copy())
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+        logits = model.forward_head(model.forward_features(x))
+    return features.numpy(), logits.numpy()
+
+
+@pytest.mark.parametrize("size", [(192, 192), (256, 256), (223, 255)])
+def test_nfnet_f0_matches_timm(timm_f0, size):
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((2, *size, 3)).astype("float32")
+    ref_features, ref_logits = _timm_outputs(timm_f0, images)
+
+    model = nfnet_keras.NFNetF0(
+        input_shape=(*size, 3), classifier_activation=None, convention="timm"
+    )
+    load_timm_state_dict(model, timm_f0.state_dict())
+    logits = model.predict(images, verbose=0)
+    features = nfnet_keras.NFNetF0(
+        include_top=False, pooling="avg", input_shape=(*size, 3), convention="timm"
+    )
+    features.set_weights(model.get_weights()[: len(features.weights)])
+    pooled = features.predict(images, verbose=0)
+
+    tol = 1e-4 * max(1.0, float(np.abs(ref_logits).max()))
+    assert np.abs(ref_logits).max() > 0.1  # the head is not trivially zero
+    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=tol)
+    np.testing.assert_allclose(
+        pooled, ref_features, rtol=0, atol=1e-4 * max(1.0, float(np.abs(ref_features).max()))
+    )
