@@ -161,6 +161,11 @@ def make_input(input_tensor, input_shape):
 
 def normalize(x):
     """In-model preprocessing: [0, 255] RGB -> ImageNet-normalised."""
+    if x.shape[-1] != 3:
+        raise ValueError(
+            "`include_preprocessing=True` needs RGB inputs with 3 channels. "
+            f"Received: input with shape {tuple(x.shape)}"
+        )
     return nf_layers.Normalize(
         [255.0 * m for m in IMAGENET_MEAN],
         [255.0 * s for s in IMAGENET_STD],

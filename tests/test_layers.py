@@ -1,0 +1,177 @@
+"""Layers against NumPy transcriptions of the reference formulas."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from nfnet_keras import layers as nfl
+
+
+def numpy_conv2d_same(x, w, stride=1, groups=1):
+    """Direct NHWC convolution with TF SAME padding (reference doc §3.7)."""
+    n, h, wd, cin = x.shape
+    kh, kw, cin_g, cout = w.shape
+    out_h, out_w = math.ceil(h / stride), math.ceil(wd / stride)
+    pad_h = max((out_h - 1) * stride + kh - h, 0)
+    pad_w = max((out_w - 1) * stride + kw - wd, 0)
+    xp = np.pad(
+        x,
+        ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
+    )
+    out = np.zeros((n, out_h, out_w, cout), np.float64)
+    cout_g = cout // groups
+    for g in range(groups):
+        xs = xp[..., g * cin_g : (g + 1) * cin_g]
+        ws = w[..., g * cout_g : (g + 1) * cout_g]
+        for i in range(out_h):
+            for j in range(out_w):
+                patch = xs[:, i * stride : i * stride + kh, j * stride : j * stride + kw, :]
+                out[:, i, j, g * cout_g : (g + 1) * cout_g] = np.tensordot(
+                    patch, ws, axes=([1, 2, 3], [0, 1, 2])
+                )
+    return out
+
+
+def numpy_ws(w, gain, convention):
+    w = w.astype(np.float64)
+    fan_in = np.prod(w.shape[:-1])
+    mean = w.mean(axis=(0, 1, 2), keepdims=True)
+    var = w.var(axis=(0, 1, 2), keepdims=True)
+    if convention == "deepmind":
+        # deepmind-research base.WSConv2D
+        return (w - mean) * gain / np.sqrt(np.maximum(var * fan_in, 1e-4))
+    # timm ScaledStdConv2d: (w - mean) / sqrt(var + eps) * gain * fan_in**-0.5
+    return (w - mean) / np.sqrt(var + 1e-5) * gain * fan_in**-0.5
+
+
+@pytest.mark.parametrize("convention", ["deepmind", "timm"])
+@pytest.mark.parametrize("stride,groups,size", [(1, 1, (7, 9)), (2, 2, (8, 8)), (2, 3, (7, 6))])
+def test_scaled_std_conv_matches_formula(convention, stride, groups, size):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *size, 6)).astype("float32")
+    conv = nfl.ScaledStdConv2D(6, 3, strides=stride, groups=groups, convention=convention)
+    conv.build(x.shape)
+    w = rng.standard_normal(conv._kernel.shape).astype("float32")
+    gain = rng.uniform(0.5, 1.5, (6,)).astype("float32")
+    bias = rng.standard_normal((6,)).astype("float32")
+    conv.set_weights([w, bias, gain])
+    expected = numpy_conv2d_same(x, numpy_ws(w, gain, convention), stride, groups) + bias
+    np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ws_conventions_differ_where_reference_says():
+    # DeepMind floors N*var at 1e-4; timm adds 1e-5 to var: for a filter
+    # with squared norm ~1 the two differ by ~(1 + N*1e-5/|w-mu|^2)^-1/2.
+    conv_dm = nfl.ScaledStdConv2D(4, 3, convention="deepmind")
+    conv_tm = nfl.ScaledStdConv2D(4, 3, convention="timm")
+    conv_dm.build((1, 8, 8, 128))
+    conv_tm.build((1, 8, 8, 128))
+    conv_tm.set_weights(conv_dm.get_weights())
+    k_dm = keras.ops.convert_to_numpy(conv_dm.standardized_kernel())
+    k_tm = keras.ops.convert_to_numpy(conv_tm.standardized_kernel())
+    w = conv_dm.get_weights()[0]
+    centred_sq = ((w - w.mean(axis=(0, 1, 2))) ** 2).sum(axis=(0, 1, 2))
+    ratio = (1 + 1152 * 1e-5 / centred_sq) ** -0.5
+    np.testing.assert_allclose(k_tm, k_dm * ratio, rtol=1e-4, atol=1e-6)
+    assert np.all(ratio < 0.9999)  # the gap is real, not rounding
+
+
+def test_standardized_kernel_is_float32_under_mixed_precision():
+    conv = nfl.ScaledStdConv2D(4, 3, dtype="mixed_bfloat16")
+    y = conv(np.ones((1, 8, 8, 3), "float32"))
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    assert conv._kernel.dtype == "float32"
+    assert keras.backend.standardize_dtype(conv.standardized_kernel().dtype) == "float32"
+
+
+@pytest.mark.parametrize(
+    "name,convention,fn",
+    [
+        ("gelu", "deepmind", lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))),
+        ("gelu", "timm", lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))),
+        ("relu", "deepmind", lambda x: np.maximum(x, 0)),
+        ("silu", "deepmind", lambda x: x / (1 + np.exp(-x))),
+    ],
+)
+def test_gamma_act(name, convention, fn):
+    x = np.linspace(-4, 4, 101).astype("float32")
+    layer = nfl.GammaAct(name, beta=0.9, convention=convention)
+    expected = fn(x.astype(np.float64)) * nfl.GAMMA[name] * 0.9
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gamma_table_constants_are_reference_values():
+    # deepmind-research nfnets/base.py; reference doc §3.8.
+    assert nfl.GAMMA["gelu"] == 1.7015043497085571
+    assert nfl.GAMMA["relu"] == 1.7139588594436646
+    assert nfl.GAMMA["silu"] == 1.7881293296813965
+    # gamma ~ 1/std(act(z)), z ~ N(0,1): check the relu entry analytically.
+    z = np.random.default_rng(0).standard_normal(2_000_000)
+    assert abs(1 / np.maximum(z, 0).std() - nfl.GAMMA["relu"]) < 5e-3
+
+
+def test_gamma_act_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        nfl.GammaAct("mish")
+
+
+def test_squeeze_excite():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 5, 8)).astype("float32")
+    se = nfl.SqueezeExcite(4)
+    se.build(x.shape)
+    w1, b1 = rng.standard_normal((8, 4)), rng.standard_normal(4)
+    w2, b2 = rng.standard_normal((4, 8)), rng.standard_normal(8)
+    se.set_weights([a.astype("float32") for a in (w1, b1, w2, b2)])
+    pooled = x.mean(axis=(1, 2))
+    gate = 1 / (1 + np.exp(-(np.maximum(pooled @ w1 + b1, 0) @ w2 + b2)))
+    np.testing.assert_allclose(se(x), x * 2 * gate[:, None, None, :], rtol=1e-5, atol=1e-6)
+
+
+def test_stochastic_depth_drops_whole_samples_without_rescaling():
+    layer = nfl.StochasticDepth(0.5, seed=1)
+    x = np.ones((4000, 2, 2, 3), "float32")
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    per_sample = y.reshape(4000, -1)
+    assert set(np.unique(per_sample)) <= {0.0, 1.0}  # DeepMind: no 1/keep
+    assert np.all(per_sample.min(axis=1) == per_sample.max(axis=1))
+    assert abs(per_sample[:, 0].mean() - 0.5) < 0.04
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    timm_style = nfl.StochasticDepth(0.5, scale_by_keep=True, seed=1)
+    assert set(np.unique(keras.ops.convert_to_numpy(timm_style(x, training=True)))) <= {0.0, 2.0}
+
+
+def test_skip_gain_starts_at_zero():
+    layer = nfl.SkipGain(alpha=0.2)
+    x = np.ones((2, 3), "float32")
+    np.testing.assert_array_equal(layer(x), np.zeros_like(x))
+    layer.skip_gain.assign(2.0)
+    np.testing.assert_allclose(layer(x), x * 2.0 * 0.2)
+
+
+@pytest.mark.parametrize(
+    "layer,shape",
+    [
+        (nfl.ScaledStdConv2D(4, 3, strides=2, groups=2, convention="timm", gamma=1.5), (1, 8, 8, 4)),
+        (nfl.GammaAct("silu", beta=0.5, convention="timm"), (1, 4)),
+        (nfl.SqueezeExcite(2, gate_gain=2.0), (1, 3, 3, 4)),
+        (nfl.StochasticDepth(0.1, scale_by_keep=True, seed=3), (2, 4)),
+        (nfl.SkipGain(alpha=0.3), (1, 4)),
+    ],
+)
+def test_layer_config_round_trip(layer, shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    y = layer(x)
+    clone = layer.__class__.from_config(layer.get_config())
+    clone(x)
+    if layer.weights:
+        clone.set_weights(layer.get_weights())
+    assert clone.get_config() == layer.get_config()
+    np.testing.assert_array_equal(clone(x), y)
+
+
+def test_conv_rejects_bad_convention():
+    with pytest.raises(ValueError, match="convention"):
+        nfl.ScaledStdConv2D(4, 3, convention="torch")
