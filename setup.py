@@ -13,7 +13,7 @@ INSTALL_REQUIRES = [
     "h5py",
 ]
 EXTRAS = {
-    "train": ["tensorflow-datasets==4.9.10", "importlib_resources", "absl-py"],
+    "train": ["tensorflow-datasets==4.9.10", "importlib_resources", "absl-py", "tensorboard==2.21.0"],
     # tensorflow_hub 0.16 imports pkg_resources, removed in setuptools 82.
     "hub": ["setuptools<82"],
     "test": [
@@ -35,10 +35,10 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["nfnet_keras", "nfnet_keras.*", "training", "training.*", "export", "export.*"]),
-    package_data={"nfnet_keras": ["data/*.json"]},
+    package_data={"nfnet_keras": ["data/*.json"], "export": ["templates/*.md"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["nfnet-convert = nfnet_keras.convert.cli:main"]},
     license="Apache-2.0",
 )
