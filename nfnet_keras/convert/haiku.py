@@ -74,7 +74,7 @@ def _mapping(*args, **kwargs):
         return {}
     data = args[0]
     if isinstance(data, dict):
-        return dict(data)
+        return data
     if isinstance(data, (list, tuple)) and all(
         isinstance(item, tuple) and len(item) == 2 for item in data
     ):
@@ -93,7 +93,9 @@ def _dtype(spec, align=False, copy=True):
     """Stand-in for `numpy.dtype(spec, align, copy)` (plain numeric only)."""
     if not isinstance(spec, str) or not re.fullmatch(r"[<>|=]?[fiub]\d{1,2}", spec):
         _refuse(f"the dtype {spec!r}")
-    return _check_dtype(np.dtype(spec, align=bool(align), copy=bool(copy)))
+    # copy=True whatever the pickle says: the BUILD that follows must not
+    # touch NumPy's shared dtype singletons.
+    return _check_dtype(np.dtype(spec, align=bool(align), copy=True))
 
 
 class _SafeNdarray:
@@ -147,6 +149,13 @@ def _frombuffer(buffer, dtype, shape, order):
     return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order).copy()
 
 
+def _codecs_encode(text, encoding):
+    """Stand-in for `_codecs.encode`: how protocol-2 pickles store bytes."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        _refuse(f"_codecs.encode of {type(text).__name__} as {encoding!r}")
+    return text.encode("latin1")
+
+
 # The globals a Haiku checkpoint may name, by NumPy 1.x and 2.x module names.
 _NUMPY_MODULES = ("numpy.core", "numpy._core")
 _ALLOWED = {
@@ -155,6 +164,7 @@ _ALLOWED = {
     ("collections", "OrderedDict"): _mapping,
     ("numpy", "ndarray"): _SafeNdarray,
     ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _codecs_encode,
 }
 for _module in _NUMPY_MODULES:
     _ALLOWED[(f"{_module}.multiarray", "_reconstruct")] = _reconstruct
@@ -399,7 +409,7 @@ def load_haiku_params(model, params, include_top=True, root="NFNet", source="che
         source = str(params)
         entries = _read(params)
     else:
-        entries = {name: (name, np.asarray(value)) for name, value in params.items()}
+        entries = {name: (_display(name), np.asarray(value)) for name, value in params.items()}
     targets = haiku_names(model, root)
     missing, mismatched, assignments = [], [], []
     for variable, name in targets:
@@ -442,6 +452,4 @@ def load_haiku_params(model, params, include_top=True, root="NFNet", source="che
 def _display(dotted):
     """`NFNet.nf_block_1.conv0.w` -> `NFNet/~/nf_block_1/~/conv0/w`."""
     parts = dotted.split(".")
-    module, param = parts[:-1], parts[-1]
-    text = "/~/".join(module).replace("squeeze_excite/~/linear", "squeeze_excite/~/linear")
-    return f"{text}/{param}"
+    return "/~/".join(parts[:-1]) + "/" + parts[-1]

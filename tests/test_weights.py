@@ -1,0 +1,412 @@
+"""The checkpoint registry, downloads (hash, truncation, cache), the file
+formats accepted by `weights=`, the eval transforms and `nfnet-convert`.
+
+No network: downloads come from file:// URLs and a local HTTP server.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _haiku_files as hf  # noqa: E402
+
+import nfnet_keras  # noqa: E402
+from nfnet_keras import weights as weights_lib  # noqa: E402
+from nfnet_keras.convert import cli  # noqa: E402
+from nfnet_keras.models import nfnet  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# Registry.
+
+
+def test_every_row_is_complete():
+    assert len(weights_lib.CHECKPOINTS) == 16  # F0-F6 x (DeepMind, timm) + 2 timm NF
+    seen = set()
+    for row in weights_lib.CHECKPOINTS:
+        for field in dataclasses.fields(row):
+            value = getattr(row, field.name)
+            assert value is not None and value != "", (row.variant, field.name)
+        assert (row.variant, row.source) not in seen
+        seen.add((row.variant, row.source))
+        assert row.url.startswith("https://")
+        suffix = {"haiku": ".npz", "timm": ".pth"}[row.file_format]
+        assert row.file_name.endswith(suffix)
+        int(row.file_hash, 16)
+        expected_length = {"md5": (32,), "sha256": (8, 64)}[row.hash_algorithm]
+        assert len(row.file_hash) in expected_length, row
+        if row.source == "timm":  # timm file names carry their SHA-256 prefix
+            assert row.file_name.rsplit("-", 1)[1].startswith(row.file_hash)
+        t = row.eval_transform
+        assert 0 < t.size < t.resize and t.interpolation == "bicubic"
+        assert 75.0 < row.top1 < 90.0
+        # No hash has been checked against the real files here (no network).
+        assert row.hash_verified is False
+    assert weights_lib.checkpoint("nfnet_f0").source == "deepmind"
+
+
+def test_rows_agree_with_the_model_rows_and_with_timm():
+    from _timm import timm
+
+    for row in weights_lib.CHECKPOINTS:
+        t = row.eval_transform
+        if row.variant.startswith("nfnet_"):
+            model_row = nfnet.VARIANTS[row.variant.split("_")[1].upper()]
+            assert t.size == model_row.test_size
+        if row.source == "deepmind":
+            # resize_crop_32 (reference doc §8.1), README top-1 (§2).
+            assert t.resize == t.size + 32 and not t.keep_aspect and not t.antialias
+            assert row.top1 == model_row.top1
+            continue
+        name = {"nf_resnet50": "nf_resnet50.ra2_in1k", "nf_regnet_b1": "nf_regnet_b1.ra2_in1k"}.get(
+            row.variant, f"dm_{row.variant}.dm_in1k"
+        )
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg.url == row.url
+        assert cfg.test_input_size[-1] == t.size
+        assert t.resize == int(t.size / cfg.crop_pct)
+        assert t.keep_aspect == (cfg.crop_mode != "squash")
+        assert cfg.interpolation == "bicubic" and t.antialias
+
+
+def test_every_variant_resolves_to_a_constructor():
+    from nfnet_keras.models import MODELS
+
+    for row in weights_lib.CHECKPOINTS:
+        constructor = weights_lib.resolve_constructor(row)
+        assert row.variant in MODELS
+        assert constructor is getattr(nfnet_keras, row.constructor.split(":")[1])
+
+
+@pytest.mark.parametrize("constructor", ["NFResNet50", "NFRegNetB1"])
+def test_timm_architecture_rows_refuse_clearly_without_downloading(constructor, monkeypatch):
+    # timm's nf_resnet50 / nf_regnet_b1 weights belong to timm's own
+    # architectures (reference doc §6), not to the DeepMind ones built here.
+    def no_network(*args, **kwargs):
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(weights_lib.keras.utils, "get_file", no_network)
+    with pytest.raises(ValueError, match="timm's own nf_re.* architecture"):
+        getattr(nfnet_keras, constructor)(weights="imagenet")
+
+
+def test_unknown_variant_has_no_imagenet_weights():
+    model = nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="No published ImageNet weights for variant='nfnet_f7'"):
+        weights_lib.load_weights(model, "imagenet", variant="nfnet_f7", include_top=True)
+
+
+def test_imagenet_requires_1000_classes():
+    with pytest.raises(ValueError, match="`classes` should be 1000"):
+        nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), weights="imagenet", classes=10)
+
+
+# ---------------------------------------------------------------------------
+# Eval transforms.
+
+
+def test_deepmind_eval_transform_matches_the_reference_pipeline():
+    import tensorflow as tf
+
+    image = np.random.default_rng(0).integers(0, 256, (300, 411, 3), dtype=np.uint8)
+    out = np.asarray(weights_lib.eval_transform(image, "nfnet_f0"))
+    # deepmind-research `dataset._decode_and_resize_then_crop`, crop_pct=32:
+    # resize to (256 + 32)^2 bicubic, crop offset ((288 - 256) + 1) // 2.
+    ref = tf.image.resize(image, (288, 288), tf.image.ResizeMethod.BICUBIC)
+    ref = tf.image.crop_to_bounding_box(ref, 16, 16, 256, 256).numpy()
+    ref = (ref - np.array([0.485, 0.456, 0.406]) * 255) / (np.array([0.229, 0.224, 0.225]) * 255)
+    assert out.shape == (256, 256, 3)
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "variant,resize,crop", [("nfnet_f0", (284, 284), 256), ("nf_resnet50", 306, 288)]
+)
+def test_timm_eval_transform_matches_torchvision(variant, resize, crop):
+    from _timm import torch
+    from torchvision import transforms
+
+    image = np.random.default_rng(1).uniform(0, 255, (2, 300, 411, 3)).astype("float32")
+    out = np.asarray(weights_lib.eval_transform(image, variant, source="timm", normalize=False))
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+            transforms.CenterCrop(crop),
+        ]
+    )
+    ref = pipeline(torch.from_numpy(np.transpose(image, (0, 3, 1, 2)).copy())).numpy()
+    assert out.shape == (2, crop, crop, 3)
+    np.testing.assert_allclose(out, np.transpose(ref, (0, 2, 3, 1)), atol=2e-3)
+
+
+# ---------------------------------------------------------------------------
+# Downloads and the conversion cache.
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path, monkeypatch):
+    """A registry row for the tiny model served from a file:// URL."""
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    tree = hf.nfnet_tree(**hf.TINY, classes=1000, seed=5)
+    source = hf.write_haiku_pickle(origin / "tiny_haiku.npz", tree)
+    md5 = hashlib.md5(source.read_bytes()).hexdigest()
+    home = tmp_path / "keras_home"
+    monkeypatch.setenv("KERAS_HOME", str(home))
+
+    published = weights_lib.CHECKPOINTS
+
+    def install(**changes):
+        fields = dict(variant="nfnet_tiny", url=source.as_uri(), file_hash=md5)
+        row = dataclasses.replace(weights_lib.checkpoint("nfnet_f0"), **(fields | changes))
+        monkeypatch.setattr(weights_lib, "CHECKPOINTS", published + (row,))
+        return row
+
+    install()
+    return dict(tree=tree, source=source, md5=md5, models=home / "models", install=install)
+
+
+def _tiny(**kwargs):
+    return nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), **kwargs)
+
+
+def _assert_holds(model, tree):
+    np.testing.assert_array_equal(
+        model.get_layer("stage1_block0_conv1").kernel.numpy(),
+        tree["NFNet/~/nf_block_1/~/conv1"]["w"],
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("stage3_block0_skip_gain").skip_gain.numpy(),
+        tree["NFNet/~/nf_block_3"]["skip_gain"],
+    )
+    if "predictions" in [layer.name for layer in model.layers]:
+        np.testing.assert_array_equal(
+            model.get_layer("predictions").kernel.numpy(), tree["NFNet/~/linear"]["w"]
+        )
+
+
+def test_imagenet_downloads_converts_caches_and_works_offline(tiny_imagenet, monkeypatch):
+    model = _tiny(weights="imagenet")
+    _assert_holds(model, tiny_imagenet["tree"])
+    models = tiny_imagenet["models"]
+    assert sorted(os.listdir(models)) == ["tiny_haiku.npz", "tiny_haiku.weights.h5"]
+
+    # Offline: the origin and the downloaded file are gone, conversion is
+    # forbidden; the cached Keras file alone serves every later load.
+    tiny_imagenet["source"].unlink()
+    (models / "tiny_haiku.npz").unlink()
+    from nfnet_keras.convert import haiku
+
+    monkeypatch.setattr(haiku, "load_haiku_params", lambda *a, **k: pytest.fail("converted again"))
+    again = _tiny(weights="imagenet")
+    for a, b in zip(again.weights, model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    body = _tiny(weights="imagenet", include_top=False, pooling="avg")
+    _assert_holds(body, tiny_imagenet["tree"])
+
+
+def test_include_top_false_first_writes_a_notop_cache(tiny_imagenet):
+    body = _tiny(weights="imagenet", include_top=False)
+    _assert_holds(body, tiny_imagenet["tree"])
+    assert sorted(os.listdir(tiny_imagenet["models"])) == [
+        "tiny_haiku.npz",
+        "tiny_haiku_notop.weights.h5",
+    ]
+    full = _tiny(weights="imagenet")  # the notop cache cannot serve the head
+    _assert_holds(full, tiny_imagenet["tree"])
+    assert "tiny_haiku.weights.h5" in os.listdir(tiny_imagenet["models"])
+
+
+def test_hash_mismatch_is_refused_and_removed(tiny_imagenet):
+    wrong = "0" * 32
+    tiny_imagenet["install"](file_hash=wrong)
+    with pytest.raises(ValueError) as info:
+        _tiny(weights="imagenet")
+    message = str(info.value)
+    assert "tiny_haiku.npz" in message and f"expected md5 {wrong}" in message
+    assert f"got {tiny_imagenet['md5']}" in message and "removed from the cache" in message
+    assert "pass its path as `weights=`" in message
+    assert os.listdir(tiny_imagenet["models"]) == []
+
+
+def test_truncated_file_is_refused_and_removed(tiny_imagenet):
+    source = tiny_imagenet["source"]
+    source.write_bytes(source.read_bytes()[:5000])  # the row keeps the full file's md5
+    with pytest.raises(ValueError, match="failed its integrity check"):
+        _tiny(weights="imagenet")
+    assert os.listdir(tiny_imagenet["models"]) == []
+
+
+@contextlib.contextmanager
+def _http_server(body, declared_length):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(declared_length))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_truncated_http_download_is_refused(tiny_imagenet):
+    data = tiny_imagenet["source"].read_bytes()
+    with _http_server(data[: len(data) // 3], len(data)) as base:
+        tiny_imagenet["install"](url=f"{base}/tiny_haiku.npz")
+        with pytest.raises(ValueError, match="Could not download the ImageNet weights"):
+            _tiny(weights="imagenet")
+    assert os.listdir(tiny_imagenet["models"]) == []
+
+
+def test_http_download_and_stale_cached_file(tiny_imagenet):
+    data = tiny_imagenet["source"].read_bytes()
+    models = tiny_imagenet["models"]
+    models.mkdir(parents=True)
+    (models / "tiny_haiku.npz").write_bytes(b"an old, corrupted copy")
+    with _http_server(data, len(data)) as base:
+        tiny_imagenet["install"](url=f"{base}/tiny_haiku.npz")
+        model = _tiny(weights="imagenet")
+    _assert_holds(model, tiny_imagenet["tree"])
+    assert (models / "tiny_haiku.npz").read_bytes() == data
+
+
+def test_corrupt_conversion_cache_is_rebuilt(tiny_imagenet):
+    _tiny(weights="imagenet")
+    cache = tiny_imagenet["models"] / "tiny_haiku.weights.h5"
+    cache.write_bytes(b"not hdf5")
+    model = _tiny(weights="imagenet")
+    _assert_holds(model, tiny_imagenet["tree"])
+    assert cache.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+
+
+def test_wrong_checkpoint_from_a_url_leaves_no_cache(tiny_imagenet, tmp_path):
+    other = hf.write_haiku_pickle(
+        tmp_path / "other_haiku.npz", hf.nfnet_tree(**hf.TINY, classes=10)
+    )
+    with pytest.raises(ValueError, match="shape mismatches"):
+        _tiny(weights=other.as_uri())
+    assert sorted(os.listdir(tiny_imagenet["models"])) == ["other_haiku.npz"]
+    # A registry URL of another variant is refused by name.
+    with pytest.raises(ValueError, match="holds the weights of nfnet_f0"):
+        _tiny(weights=weights_lib.checkpoint("nfnet_f0").url)
+
+
+# ---------------------------------------------------------------------------
+# Local files of every format.
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """The same tiny tensors as a Haiku pickle, a .pth and a .safetensors."""
+    from _timm import torch
+    from safetensors.numpy import save_file
+
+    folder = tmp_path_factory.mktemp("files")
+    tree = hf.nfnet_tree(**hf.TINY, classes=10, seed=11)
+    state = hf.haiku_to_timm(tree, hf.TINY["depths"])
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, folder / "tiny.pth")
+    save_file(state, str(folder / "tiny.safetensors"))
+    return dict(
+        tree=tree,
+        haiku=hf.write_haiku_pickle(folder / "tiny_haiku.npz", tree),
+        pth=folder / "tiny.pth",
+        safetensors=folder / "tiny.safetensors",
+    )
+
+
+@pytest.mark.parametrize("kind", ["pth", "safetensors"])
+def test_timm_files_load_the_same_tensors_as_haiku(tiny_files, kind):
+    from_haiku = _tiny(classes=10, weights=str(tiny_files["haiku"]))
+    from_timm = _tiny(classes=10, weights=str(tiny_files[kind]), convention="timm")
+    assert len(from_timm.weights) == len(from_haiku.weights)
+    for a, b in zip(from_timm.weights, from_haiku.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    body = _tiny(weights=str(tiny_files[kind]), include_top=False)
+    for a, b in zip(body.weights, from_haiku.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_pth_with_code_is_refused(tmp_path):
+    from _timm import torch
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"stem.conv1.weight": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        _tiny(classes=10, weights=str(tmp_path / "evil.pth"))
+    assert not marker.exists()
+
+
+def test_keras_weights_file_round_trip(tiny_files, tmp_path):
+    source = _tiny(classes=10, weights=str(tiny_files["haiku"]))
+    path = tmp_path / "tiny.weights.h5"
+    source.save_weights(path)
+    for kwargs in ({"classes": 10}, {"include_top": False, "pooling": "avg"}):
+        model = _tiny(weights=str(path), **kwargs)
+        for a, b in zip(model.weights, source.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_bad_weights_arguments(tmp_path):
+    odd = tmp_path / "weights.bin.txt"
+    odd.write_bytes(b"x")
+    with pytest.raises(ValueError, match="Cannot tell the format"):
+        _tiny(classes=10, weights=str(odd))
+    with pytest.raises(ValueError, match="`weights` argument should be either"):
+        _tiny(classes=10, weights=str(tmp_path / "missing.npz"))
+    with pytest.raises(TypeError, match="`weights` must be None"):
+        weights_lib.load_weights(_tiny(classes=10), 3, variant="nfnet_tiny", include_top=True)
+
+
+# ---------------------------------------------------------------------------
+# nfnet-convert.
+
+
+def test_convert_cli(tiny_files, tmp_path, capsys):
+    out = tmp_path / "tiny.weights.h5"
+    code = cli.main([str(tiny_files["safetensors"]), "--model", "nfnet_tiny", "--classes", "10", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "97 arrays" in printed and f"Wrote {out}" in printed
+    model = _tiny(classes=10, weights=str(out))
+    reference = _tiny(classes=10, weights=str(tiny_files["haiku"]))
+    for a, b in zip(model.weights, reference.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Errors go to stderr with a non-zero status.
+    assert cli.main([str(tiny_files["haiku"]), "--model", "nfnet_tiny", "--out", str(out)]) == 1
+    assert "shape mismatches" in capsys.readouterr().err
+
+
+def test_convert_console_script(tiny_files, tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "nfnet-convert")
+    out = tmp_path / "cli.weights.h5"
+    result = subprocess.run(
+        [script, str(tiny_files["haiku"]), "--model", "nfnet_tiny", "--classes", "10", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Wrote" in result.stdout and out.exists()
