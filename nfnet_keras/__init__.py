@@ -1,6 +1,7 @@
 """nfnet_keras: Normalizer-Free networks for Keras 3."""
 
-from nfnet_keras import layers
+from nfnet_keras import layers, optimizers
+from nfnet_keras.agc import NFModel, adaptive_clip, unitwise_norm
 from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
 from nfnet_keras.layers import (
     GammaAct,
@@ -9,6 +10,7 @@ from nfnet_keras.layers import (
     SqueezeExcite,
     StochasticDepth,
 )
+from nfnet_keras.optimizers import NFSGD
 from nfnet_keras.models.nfnet import (
     NFNet,
     NFNetF0,

@@ -1,14 +1,513 @@
-"""Adaptive Gradient Clipping and the model class whose `fit` applies it."""
+"""Adaptive Gradient Clipping (AGC) and the model class whose `fit` applies it.
+
+AGC (Brock, De, Smith, Simonyan 2021, arXiv:2102.06171, §4; reference doc
+§7) clips each *unit* of a gradient -- one output unit of a kernel, or a
+whole bias, gain or scalar -- so that its norm is at most ``clipping`` times
+the norm of the matching unit of the weights:
+
+    ||W_i||* = max(||W_i||, eps)
+    G_i <- G_i * clipping * ||W_i||* / ||G_i||   if ||G_i|| > clipping * ||W_i||*
+
+The pure functions `unitwise_norm` and `adaptive_clip` hold the maths;
+`NFModel` is a functional `keras.Model` whose `fit` applies it to the
+gradient of the *global* batch under any `tf.distribute` strategy, with or
+without loss scaling.
+
+Where the clipping sits (TensorFlow backend). Keras 3 sums gradients across
+replicas inside `optimizer.apply()` (`TFOptimizer._backend_update_step` ->
+`_all_reduce_sum_gradients` -> `update_step` per variable), after
+un-scaling them (`LossScaleOptimizer`, `loss_scale_factor`) and after
+averaging accumulated micro-batches (`gradient_accumulation_steps`). A
+transform applied in `train_step`, before `apply()`, therefore sees one
+replica's gradient, still multiplied by the loss scale; an explicit
+all-reduce there would be summed a second time by `apply()`. The one place
+that sees the cross-replica, unscaled, accumulated gradient exactly once is
+the optimizer's per-variable `update_step`: `NFModel` wraps the
+`update_step` of whatever optimizer it is compiled with (the inner one of a
+`LossScaleOptimizer`) so that AGC runs first and the optimizer's own update
+(momentum, weight decay, ...) sees the clipped gradient -- the order of
+deepmind-research `nfnets/optim.py` `SGD_AGC` (reference doc §7.4).
+"""
+
+import math
 
 import keras
+from keras import ops
 
 from nfnet_keras.layers import PACKAGE
+
+# The paper's clipping factor lambda and the weight-norm floor eps
+# (deepmind-research `nfnets/experiment_nfnets.py`, `optim.SGD_AGC`
+# defaults; reference doc §7.1, §7.5).
+DEFAULT_CLIPPING = 0.01
+DEFAULT_EPS = 1e-3
+# Guards the division by the gradient norm only (`optim.SGD_AGC`,
+# `agc_optax.py`; reference doc §7.1).
+_GRAD_NORM_FLOOR = 1e-6
+# The classifier kernel is not clipped (paper §4.1 "we find it is beneficial
+# not to clip the final linear layer"); the reference still clips the
+# classifier bias (`experiment_nfnets.py` `_make_opt`, reference doc §7.3).
+DEFAULT_AGC_EXCLUDE = ("predictions/kernel",)
+# Kernels of Keras Dense (in, out), Conv1D (w, in, out), Conv2D (h, w, in,
+# out) and Conv3D (d, h, w, in, out): the output unit is the last axis.
+_MAX_RANK = 5
+
+_LOW_PRECISION = ("float16", "bfloat16")
+
+
+def unitwise_norm(x):
+    """The L2 norm of each unit of a weight or gradient tensor.
+
+    Rule of deepmind-research `nfnets/agc_optax.py` `unitwise_norm` for the
+    HWIO / (in, out) layouts Keras shares with Haiku (reference doc §7.2):
+
+    * a tensor with at most one dimension larger than 1 (scalar, bias,
+      gain, or a kernel such as (1, n)) is one unit: the norm of the whole
+      tensor, returned as a scalar;
+    * otherwise (ranks 2 to 5) each index of the *last* axis -- the output
+      unit of a Keras kernel -- is a unit: the norm over every other axis,
+      kept with `keepdims=True` so that it broadcasts against `x`.
+
+    PyTorch keeps the output unit on axis 0 (OIHW, (out, in)); compare with
+    timm's `unitwise_norm` only after moving that axis last. For rank 3
+    this follows the Keras Conv1D layout (w, in, out); deepmind-research
+    reduces rank-3 "multihead linear" kernels over axis 0 only.
+
+    Args:
+        x: a tensor with a fully known shape.
+
+    Returns:
+        A scalar, or a tensor of shape ``(1, ..., 1, units)``.
+    """
+    shape = tuple(x.shape)
+    if any(d is None for d in shape):
+        raise ValueError(
+            f"`unitwise_norm` needs a fully known shape. Received a tensor of shape {shape}."
+        )
+    if sum(1 for d in shape if d != 1) <= 1:
+        return ops.sqrt(ops.sum(ops.square(x)))
+    if len(shape) > _MAX_RANK:
+        raise ValueError(
+            "`unitwise_norm` handles scalars, vectors and kernels of rank 2 to "
+            f"{_MAX_RANK} with the output unit last. Received a tensor of shape {shape} "
+            f"(rank {len(shape)})."
+        )
+    return ops.sqrt(ops.sum(ops.square(x), axis=tuple(range(len(shape) - 1)), keepdims=True))
+
+
+def num_units(shape):
+    """How many AGC units a variable of this shape has (see `unitwise_norm`)."""
+    shape = tuple(shape)
+    if sum(1 for d in shape if d != 1) <= 1:
+        return 1
+    return int(shape[-1])
+
+
+def _check_clip_arguments(clipping, eps, allow_none):
+    if clipping is None and allow_none:
+        pass
+    elif isinstance(clipping, bool) or not isinstance(clipping, (int, float)) or not (
+        clipping > 0 and math.isfinite(clipping)
+    ):
+        expected = "a positive float or None" if allow_none else "a positive float"
+        raise ValueError(f"`clipping` must be {expected}. Received: clipping={clipping!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"`eps` must be a positive float. Received: eps={eps!r}")
+
+
+def _clip_one(gradient, variable, clipping, eps):
+    """AGC of one tensor; returns (clipped gradient, clipped-unit mask, |g|^2).
+
+    The norms are taken in float32 at least, whatever the gradient's dtype
+    (float16/bfloat16 gradients are clipped in float32 and cast back).
+    """
+    dtype = keras.backend.standardize_dtype(gradient.dtype)
+    compute_dtype = "float32" if dtype in _LOW_PRECISION else dtype
+    g = ops.cast(gradient, compute_dtype)
+    w = ops.cast(variable, compute_dtype)
+    max_norm = ops.maximum(unitwise_norm(w), eps) * clipping
+    g_norm = unitwise_norm(g)
+    clip = g_norm > max_norm
+    clipped = g * (max_norm / ops.maximum(g_norm, _GRAD_NORM_FLOOR))
+    out = ops.where(clip, clipped, g)
+    return ops.cast(out, dtype), clip, ops.sum(ops.square(g))
+
+
+def adaptive_clip(gradients, variables, clipping=DEFAULT_CLIPPING, eps=DEFAULT_EPS):
+    """Adaptive gradient clipping (reference doc §7.1).
+
+    Args:
+        gradients: a gradient tensor, or a list of them (`None` entries are
+            passed through, as for variables that got no gradient).
+        variables: the matching weight tensor(s) or variable(s).
+        clipping: the clipping factor lambda (paper default 0.01).
+        eps: the floor of the weight norm (paper default 1e-3), so that
+            zero-initialised weights can still move.
+
+    Returns:
+        The clipped gradient(s), in the structure of `gradients`.
+    """
+    _check_clip_arguments(clipping, eps, allow_none=False)
+    if isinstance(gradients, (list, tuple)):
+        if not isinstance(variables, (list, tuple)) or len(variables) != len(gradients):
+            raise ValueError(
+                "`gradients` and `variables` must be lists of the same length. "
+                f"Received {len(gradients)} gradients and "
+                f"{len(variables) if isinstance(variables, (list, tuple)) else 'a non-list'} variables."
+            )
+        return [
+            None if g is None else _clip_one(g, v, clipping, eps)[0]
+            for g, v in zip(gradients, variables)
+        ]
+    if tuple(gradients.shape) != tuple(variables.shape):
+        raise ValueError(
+            "A gradient and its variable must have the same shape. Received "
+            f"gradient shape {tuple(gradients.shape)} and variable shape {tuple(variables.shape)}."
+        )
+    return _clip_one(gradients, variables, clipping, eps)[0]
+
+
+# ---------------------------------------------------------------------------
+# Training with AGC (TensorFlow backend).
+# ---------------------------------------------------------------------------
+
+
+def _leaf_optimizers(optimizer):
+    """The optimizers that own `update_step`: unwraps loss scaling."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:  # LossScaleOptimizer
+        return _leaf_optimizers(inner)
+    if hasattr(optimizer, "optimizers"):  # a MultiOptimizer
+        return [leaf for opt in optimizer.optimizers for leaf in _leaf_optimizers(opt)]
+    return [optimizer]
+
+
+class _AGCUpdateStep:
+    """Replaces one optimizer's `update_step`: AGC first, then the update.
+
+    It runs per variable, on each device's copy, after the cross-replica sum
+    (see the module docstring), and records per variable the number of
+    clipped units and the squared norm of the (unclipped) global gradient in
+    `stats`, a variable mirrored like the optimizer's own slots, from which
+    `NFModel.train_step` computes its metrics.
+    """
+
+    def __init__(self, model, optimizer, stats, index, excluded):
+        self.model = model
+        self.optimizer = optimizer
+        self.stats = stats
+        self.index = index  # optimizer var key -> row of `stats`
+        self.excluded = excluded  # optimizer var keys left unclipped
+        # The class's own method: installing twice must not wrap a wrapper.
+        self.update_step = type(optimizer).update_step.__get__(optimizer)
+
+    def __call__(self, gradient, variable, learning_rate):
+        key = self.optimizer._var_key(variable)
+        row = self.index.get(key)
+        clipping = self.model.agc_clipping
+        if row is None:  # not one of the model's variables
+            return self.update_step(gradient, variable, learning_rate)
+        gradient = ops.convert_to_tensor(gradient)
+        if clipping is None or key in self.excluded:
+            dtype = keras.backend.standardize_dtype(gradient.dtype)
+            g32 = ops.cast(gradient, "float32" if dtype in _LOW_PRECISION else dtype)
+            n_clipped, sq_norm = 0.0, ops.sum(ops.square(g32))
+        else:
+            gradient, clip, sq_norm = _clip_one(gradient, variable, clipping, self.model.agc_eps)
+            n_clipped = ops.sum(ops.cast(clip, "float32"))
+        self._record(row, n_clipped, sq_norm)
+        return self.update_step(gradient, variable, learning_rate)
+
+    def _record(self, row, n_clipped, sq_norm):
+        import tensorflow as tf
+
+        value = ops.stack([ops.cast(n_clipped, "float32"), ops.cast(sq_norm, "float32")])
+        self.stats.scatter_update(tf.IndexedSlices(value[None], [row]))
+
+
+class _AGCState:
+    """Training-only state of an `NFModel`, kept out of saved weights."""
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        n = len(model.trainable_variables)
+        self.stats = tf.Variable(
+            tf.zeros((n, 2)), trainable=False, name="agc_stats",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        self.clip_fraction = keras.metrics.Mean(name="agc_clip_fraction")
+        self.grad_norm = keras.metrics.Mean(name="grad_norm")
+        self.skipped_steps = keras.metrics.Sum(name="skipped_steps")
+        self.variables = list(model.trainable_variables)
+        self.units = [num_units(v.shape) for v in self.variables]
+        self.clipped_mask = None  # set by `install`
+
+    @property
+    def metrics(self):
+        return [self.clip_fraction, self.grad_norm, self.skipped_steps]
+
+    def matches(self, model):
+        return [id(v) for v in model.trainable_variables] == [id(v) for v in self.variables]
+
+    def install(self, model):
+        """Installs the AGC `update_step` on the model's current optimizer."""
+        excluded_vars = model._agc_excluded_variables()
+        excluded_ids = {id(v) for v in excluded_vars}
+        self.clipped_mask = [id(v) not in excluded_ids for v in self.variables]
+        for optimizer in _leaf_optimizers(model.optimizer):
+            index = {optimizer._var_key(v): i for i, v in enumerate(self.variables)}
+            excluded = {optimizer._var_key(v) for v in excluded_vars}
+            optimizer.update_step = _AGCUpdateStep(model, optimizer, self.stats, index, excluded)
+
+    def update_metrics(self, model, applied):
+        """Updates the metrics from the step's stats (weight 0 when skipped)."""
+        stats = ops.convert_to_tensor(self.stats)
+        weight = ops.cast(applied, "float32")
+        self.grad_norm.update_state(ops.sqrt(ops.sum(stats[:, 1])), sample_weight=weight)
+        if model.agc_clipping is not None:
+            total = max(sum(u for u, c in zip(self.units, self.clipped_mask) if c), 1)
+            self.clip_fraction.update_state(ops.sum(stats[:, 0]) / total, sample_weight=weight)
+        self.skipped_steps.update_state(1.0 - weight)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class NFModel(keras.Model):
-    """A functional Keras model of the NF family."""
+    """A functional Keras model whose `fit` applies Adaptive Gradient Clipping.
 
-    def __init__(self, *args, agc_clipping=0.01, **kwargs):
+    Built like any functional model, ``NFModel(inputs, outputs)``; every NF
+    constructor of this package returns one. `compile` takes any Keras
+    optimizer; `fit` then clips the cross-replica mean gradient of every
+    variable but the classifier kernel before the optimizer sees it
+    (paper §4, reference doc §7). The settings below are part of
+    `get_config`, so a saved `.keras` model trains the same way after
+    `keras.models.load_model`; they can also be passed to `compile`.
+
+    The training step (TensorFlow backend) also
+
+    * skips the update when any gradient of any replica is not finite: the
+      optimizer is not called, so weights, optimizer state, iterations and
+      EMA are unchanged (with a `LossScaleOptimizer` the scale is halved, as
+      usual), and the step is counted in the `skipped_steps` metric. This
+      decision is taken on all replicas together: Keras's
+      `LossScaleOptimizer` alone looks only at the first replica's
+      gradients under `MirroredStrategy` and would apply an overflow of
+      another replica to the weights;
+    * reports `grad_norm` (L2 norm of the whole global gradient, before
+      clipping) and `agc_clip_fraction` (fraction of the clipped variables'
+      units that were clipped), averaged over the epoch like every `fit`
+      metric, in the `fit` logs and so in `keras.callbacks.TensorBoard`.
+
+    Args:
+        *args: `inputs`, `outputs` (and `name`) of a functional model.
+        agc_clipping: the clipping factor lambda; `None` turns AGC off (the
+            step then still guards against non-finite gradients and reports
+            `grad_norm`). Default 0.01 (the paper's).
+        agc_eps: floor of the weight norm (default 1e-3, the paper's).
+        agc_exclude: variables that are not clipped, as variable objects or
+            strings; a string names a variable path (``"predictions/kernel"``)
+            or a layer (``"predictions"`` = all its variables). `None` means
+            ``("predictions/kernel",)``: the classifier kernel is not clipped,
+            its bias is (deepmind-research `experiment_nfnets.py`; reference
+            doc §7.3). A given list replaces that default, and each entry
+            must match some trainable variable.
+        **kwargs: other `keras.Model` arguments.
+    """
+
+    def __init__(
+        self,
+        *args,
+        agc_clipping=DEFAULT_CLIPPING,
+        agc_eps=DEFAULT_EPS,
+        agc_exclude=None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        self.agc_clipping = agc_clipping
+        _check_clip_arguments(agc_clipping, agc_eps, allow_none=True)
+        self.agc_clipping = None if agc_clipping is None else float(agc_clipping)
+        self.agc_eps = float(agc_eps)
+        self.agc_exclude = self._normalize_exclude(agc_exclude)
+        # Training-only state (metrics, per-variable stats), set by
+        # `make_train_function`; bypasses attribute tracking so that it is
+        # neither saved nor checkpointed.
+        object.__setattr__(self, "_agc_state_obj", None)
+
+    # -- configuration -----------------------------------------------------
+
+    def _normalize_exclude(self, agc_exclude):
+        if agc_exclude is None:
+            return None
+        if isinstance(agc_exclude, (str, keras.Variable)):
+            agc_exclude = [agc_exclude]
+        if not isinstance(agc_exclude, (list, tuple)):
+            raise TypeError(
+                "`agc_exclude` must be None or a list of variables or variable/layer "
+                f"names. Received: agc_exclude={agc_exclude!r}"
+            )
+        names = []
+        for entry in agc_exclude:
+            if isinstance(entry, str):
+                names.append(entry)
+            elif isinstance(entry, keras.Variable):
+                names.append(entry.path)
+            else:
+                raise TypeError(
+                    "Each `agc_exclude` entry must be a variable or a string (a "
+                    f"variable path or a layer name). Received: {entry!r}"
+                )
+        return tuple(names)
+
+    def _agc_excluded_variables(self):
+        variables = self.trainable_variables
+        if self.agc_exclude is None:
+            patterns, strict = DEFAULT_AGC_EXCLUDE, False
+        else:
+            patterns, strict = self.agc_exclude, True
+        excluded = []
+        for pattern in patterns:
+            matched = [v for v in variables if v.path == pattern or v.path.startswith(pattern + "/")]
+            if strict and not matched:
+                raise ValueError(
+                    f"`agc_exclude` entry {pattern!r} matches no trainable variable of "
+                    f"model '{self.name}'. Use a variable path such as "
+                    f"{variables[-1].path!r} or a layer name."
+                )
+            excluded.extend(v for v in matched if all(v is not e for e in excluded))
+        return excluded
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "agc_clipping": self.agc_clipping,
+                "agc_eps": self.agc_eps,
+                "agc_exclude": None if self.agc_exclude is None else list(self.agc_exclude),
+            }
+        )
+        return config
+
+    # -- compile -----------------------------------------------------------
+
+    def compile(self, *args, agc_clipping="keep", agc_eps="keep", agc_exclude="keep", **kwargs):
+        """`keras.Model.compile`, optionally changing the AGC settings.
+
+        `agc_clipping`, `agc_eps`, `agc_exclude`: as in the constructor;
+        left out, the model's current settings are kept.
+        """
+        new_clipping = self.agc_clipping if agc_clipping == "keep" else agc_clipping
+        new_eps = self.agc_eps if agc_eps == "keep" else agc_eps
+        _check_clip_arguments(new_clipping, new_eps, allow_none=True)
+        self.agc_clipping = None if new_clipping is None else float(new_clipping)
+        self.agc_eps = float(new_eps)
+        if not (isinstance(agc_exclude, str) and agc_exclude == "keep"):
+            self.agc_exclude = self._normalize_exclude(agc_exclude)
+        super().compile(*args, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips compiling on load when `compile` is overridden; this
+        # `compile` only adds keyword options, so do what Keras does.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # -- training ----------------------------------------------------------
+
+    @property
+    def _agc_state(self):
+        return getattr(self, "_agc_state_obj", None)
+
+    def make_train_function(self, force=False):
+        if keras.backend.backend() != "tensorflow":
+            raise NotImplementedError(
+                "NFModel's AGC training step is implemented for the TensorFlow "
+                f"backend only; the current backend is {keras.backend.backend()!r}."
+            )
+        strategy = self.distribute_strategy
+        with strategy.scope():
+            if self._agc_state is None or not self._agc_state.matches(self):
+                object.__setattr__(self, "_agc_state_obj", _AGCState(self))
+            if self.optimizer is not None:
+                if not self.optimizer.built:
+                    self.optimizer.build(self.trainable_variables)
+                self._agc_state.install(self)
+        return super().make_train_function(force=force)
+
+    def reset_metrics(self):
+        super().reset_metrics()
+        if self._agc_state is not None:
+            for metric in self._agc_state.metrics:
+                metric.reset_state()
+
+    def train_step(self, data):
+        """The stock Keras step with a global non-finite guard and AGC metrics."""
+        import tensorflow as tf
+        from keras.src.losses.loss import unscale_loss_for_distribution
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+            self._loss_tracker.update_state(
+                unscale_loss_for_distribution(loss),
+                sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
+            )
+            loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        finite = _finite_on_all_replicas(gradients)
+        _apply_if_finite(self.optimizer, gradients, variables, finite)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        state = self._agc_state
+        if state is not None:  # None only if train_step is driven by hand
+            state.update_metrics(self, finite)
+            logs.update({m.name: m.result() for m in state.metrics})
+        return logs
+
+
+def _finite_on_all_replicas(gradients):
+    """True when every gradient of every replica is finite (one all-reduce)."""
+    import tensorflow as tf
+
+    local = [tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None]
+    bad = tf.cast(tf.logical_not(tf.reduce_all(tf.stack(local))), tf.float32)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+    return tf.equal(bad, 0.0)
+
+
+def _apply_if_finite(optimizer, gradients, variables, finite):
+    """`optimizer.apply`, skipped on every replica alike unless `finite`."""
+    import tensorflow as tf
+
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # Keep the optimizer's own overflow handling (skip + halve the scale)
+        # but make the first replica, whose gradients it checks, see a
+        # non-finite value whenever any replica has one.
+        first = next(i for i, g in enumerate(gradients) if g is not None)
+        poison = tf.where(finite, 0.0, float("nan"))
+        gradients = list(gradients)
+        gradients[first] = gradients[first] + tf.cast(poison, gradients[first].dtype)
+        optimizer.apply(gradients, variables)
+        return
+
+    def apply(grads):
+        optimizer.apply(grads, variables)
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(finite, lambda: apply(gradients), lambda: None)
+        return
+
+    # The branch calls `merge_call` (inside `apply`), which is not allowed
+    # under a replica-context `cond`: branch in cross-replica context, as
+    # Keras's LossScaleOptimizer does.
+    def cross_replica(distribution, grads, finite):
+        finite = distribution.experimental_local_results(finite)[0]
+        tf.cond(
+            finite,
+            lambda: distribution.extended.call_for_each_replica(apply, args=(grads,)),
+            lambda: None,
+        )
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(gradients, finite))
