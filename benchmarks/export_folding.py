@@ -38,15 +38,19 @@ def _randomize(model, seed=0):
             layer.skip_gain.assign(np.float32(rng.uniform(0.5, 1.5)))
 
 
-def _time(fn, x, warmup, iters):
-    for _ in range(warmup):
-        fn(x)
-    times = []
+def _time_interleaved(fns, x, warmup, iters):
+    """Median seconds per call of each function, calls interleaved round-robin
+    so that load from other processes affects every variant alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(x)
+    times = {name: [] for name in fns}
     for _ in range(iters):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main():
@@ -88,10 +92,13 @@ def main():
                 )
             )
             reference = variants["unfolded"](images=x)["logits"].numpy()
-            base = None
+            medians = _time_interleaved(
+                {name: (lambda t, fn=fn: fn(images=t)) for name, fn in variants.items()},
+                x, args.warmup, args.iters,
+            )
+            base = medians["unfolded"]
             for name, fn in variants.items():
-                seconds = _time(lambda t: fn(images=t), x, args.warmup, args.iters)
-                base = base or seconds
+                seconds = medians[name]
                 diff = float(np.max(np.abs(fn(images=x)["logits"].numpy() - reference)))
                 print(
                     f"  batch {batch:3d} {name:11s} {seconds:8.4f} s/batch "

@@ -1,0 +1,473 @@
+"""SavedModel export: every loader, the bytes signature, folding, bad input, bundle."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export import export as export_lib
+from export import folding
+from export import preprocessing
+from nfnet_keras import layers as nf_layers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+TOL = 1e-5  # float32 parity target of the export (issue text, reference doc §1)
+TINY_SIZE = 32
+TINY_CLASSES = 10
+F0_SIZE = 64  # small, to keep the F0 structure test cheap; sizes are dynamic
+
+
+def _randomize(model, seed):
+    """Non-trivial weights: random gains and skip gains (init is 1 and 0)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, nf_layers.ScaledStdConv2D):
+            layer.gain.assign(rng.uniform(0.5, 1.5, layer.gain.shape).astype("float32"))
+            layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape).astype("float32"))
+        elif isinstance(layer, nf_layers.SkipGain):
+            layer.skip_gain.assign(np.float32(rng.uniform(0.5, 1.5)))
+        elif layer.name == "predictions":
+            layer.kernel.assign(rng.normal(0, 0.3, layer.kernel.shape).astype("float32"))
+
+
+def _images(batch, size, seed=0):
+    return np.random.default_rng(seed).random((batch, size, size, 3), dtype="float32")
+
+
+def _close(actual, expected, tol=TOL):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    diff = float(np.max(np.abs(actual - expected)))
+    assert diff <= tol * scale, f"max |difference| {diff:.3e} > {tol * scale:.3e}"
+
+
+def _encoded(kind, height=45, width=70, seed=3):
+    """A real image file's bytes: smooth colours plus noise, non-square."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx * 3.0, yy * 5.0, (xx + yy) * 2.0], -1) + rng.normal(0, 20, (height, width, 3))
+    image = tf.constant(np.clip(image, 0, 255).astype("uint8"))
+    encode = tf.io.encode_png if kind == "png" else tf.io.encode_jpeg
+    return encode(image).numpy()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(workdir):
+    model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
+    _randomize(model, seed=1)
+    path = str(workdir / "tiny.weights.h5")
+    model.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(workdir, tiny_weights):
+    """The fine-tunable classification export of the tiny model, via the CLI's library call."""
+    return export_lib.export(
+        "nfnet_tiny",
+        str(workdir / "tiny"),
+        weights=tiny_weights,
+        classes=TINY_CLASSES,
+        image_size=TINY_SIZE,
+        log=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_features_folded(workdir, tiny_weights):
+    return export_lib.export(
+        "nfnet_tiny",
+        str(workdir / "tiny_fv"),
+        weights=tiny_weights,
+        output="feature_vector",
+        image_size=TINY_SIZE,
+        fold=True,
+        log=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def f0(workdir):
+    """F0 structure (random weights) exported at 64 px."""
+    model = export_lib.build_keras_model("nfnet_f0")
+    _randomize(model, seed=2)
+    path = str(workdir / "f0")
+    export_lib.save(model, path, output="classification", image_size=F0_SIZE)
+    return model, path
+
+
+# --------------------------------------------------------------------------
+# The evaluation transform.
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_eval_transform_matches_deepmind_resize_then_crop(kind):
+    # A transcription of deepmind-research `dataset._decode_and_resize_then_crop`
+    # with crop_pct = 32 (reference doc §8.1): decode_jpeg, bicubic resize to
+    # size + 32, crop offset ((scaled - crop) + 1) // 2, then /255 for [0, 1].
+    data = _encoded(kind)
+    size = 40
+    image = tf.image.decode_jpeg(data, channels=3)
+    scale_size = (size + 32, size + 32)
+    image = tf.image.resize(image, scale_size, tf.image.ResizeMethod.BICUBIC)
+    offset = ((scale_size[0] - size) + 1) // 2
+    reference = tf.image.crop_to_bounding_box(image, offset, offset, size, size) / 255.0
+    out = preprocessing.eval_transform(tf.constant(data), size)
+    assert out.shape == (size, size, 3) and out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), reference.numpy(), atol=1e-6)
+    # A constant image stays constant under the bicubic squash and crop.
+    flat = tf.io.encode_png(tf.fill([30, 50, 3], tf.constant(200, tf.uint8)))
+    np.testing.assert_allclose(
+        preprocessing.eval_transform(flat, size).numpy(), 200 / 255.0, atol=1e-5
+    )
+
+
+# --------------------------------------------------------------------------
+# Round trips of the tiny export through every loader.
+
+
+def test_tf_saved_model_load_call_and_signatures(tiny):
+    model = tiny.keras_model
+    x = _images(3, TINY_SIZE)
+    expected = model(x, training=False).numpy()
+    assert expected.shape == (3, TINY_CLASSES)
+    loaded = tf.saved_model.load(tiny.saved_model_dir)
+    _close(loaded(tf.constant(x)), expected)
+    _close(loaded(tf.constant(x), training=False), expected)
+    _close(loaded.serve(tf.constant(x)), expected)
+    assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+    out = loaded.signatures["serving_default"](images=tf.constant(x))
+    assert list(out) == ["logits"]
+    _close(out["logits"], expected)
+    # Dynamic sizes: a larger, non-square image works and matches Keras.
+    big = np.random.default_rng(5).random((1, 48, 40, 3), dtype="float32")
+    _close(loaded(tf.constant(big)), model(big).numpy())
+    # The Reusable SavedModel API.
+    assert len(loaded.variables) == len(model.variables)  # weights + seed states
+    assert len(loaded.trainable_variables) == len(model.trainable_weights) > 0
+    assert list(loaded.regularization_losses) == []
+    # Each variable is stored once (not also under the Keras model's wrappers).
+    stored = tf.train.list_variables(os.path.join(tiny.saved_model_dir, "variables", "variables"))
+    assert len([name for name, _ in stored if name.endswith("VARIABLE_VALUE")]) == len(model.variables)
+    # Built-in verification ran and passed.
+    assert set(tiny.verification) == {"__call__", "serve", "serving_default", "serving_bytes"}
+    assert max(tiny.verification.values()) <= TOL
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_bytes_signature_equals_eval_transform_then_model(tiny, kind):
+    data = [_encoded(kind, seed=4), _encoded(kind, height=80, width=33, seed=6)]
+    loaded = tf.saved_model.load(tiny.saved_model_dir)
+    out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(data))["logits"]
+    images = tf.stack([preprocessing.eval_transform(tf.constant(d), TINY_SIZE) for d in data])
+    _close(out, tiny.keras_model(images, training=False).numpy())
+
+
+def test_hub_load(tiny):
+    import tensorflow_hub as hub
+
+    x = _images(2, TINY_SIZE, seed=7)
+    loaded = hub.load(tiny.saved_model_dir)
+    _close(loaded(tf.constant(x)), tiny.keras_model(x).numpy())
+
+
+def test_tfsm_layer_in_keras3_model_fine_tunes(tiny):
+    layer = keras.layers.TFSMLayer(
+        tiny.saved_model_dir,
+        call_endpoint="serve",
+        call_training_endpoint="serve_train",
+        trainable=True,
+    )
+    inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
+    model = keras.Model(inputs, layer(inputs))
+    x = _images(6, TINY_SIZE, seed=8)  # six: see the tf_keras test below
+    _close(model(x, training=False), tiny.keras_model(x).numpy())
+    assert len(model.trainable_weights) == len(tiny.keras_model.trainable_weights)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+            np.arange(6), model(x, training=True)
+        )
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert all(g is not None for g in grads)
+    assert sum(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads) == len(grads)
+
+
+def test_hub_keras_layer_fine_tunes_in_tf_keras_subprocess(tiny, tmp_path):
+    # Six images: stochastic depth (rate <= 0.1875 in the tiny model) drops a
+    # block for the whole batch with probability < 1e-4, which would zero
+    # that block's gradients.
+    x = _images(6, TINY_SIZE, seed=9)
+    data = str(tmp_path / "data.npz")
+    np.savez(data, images=x, expected=tiny.keras_model(x).numpy(), labels=np.arange(6))
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "hub_finetune_worker.py"), tiny.saved_model_dir, data],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["keras_module"].startswith("tf_keras")  # tf.keras is Keras 2
+    assert result["layer_class"] == "tensorflow_hub.keras_layer.KerasLayer"
+    assert result["max_abs_diff"] <= TOL * 10
+    n = len(tiny.keras_model.trainable_weights)
+    assert result["num_trainable"] == n
+    assert result["num_none_grads"] == 0
+    assert result["num_nonzero_grads"] == n
+    assert result["num_changed"] == n
+    assert result["output_change"] > 0  # the trained variables are the ones served
+
+
+def test_saved_model_cli_show_and_run(tiny, tmp_path):
+    show = subprocess.run(
+        [SAVED_MODEL_CLI, "show", "--dir", tiny.saved_model_dir, "--all"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert show.returncode == 0, show.stderr[-2000:]
+    for needle in ("signature_def['serving_default']", "signature_def['serving_bytes']",
+                   "inputs['images']", "inputs['image_bytes']", "outputs['logits']"):
+        assert needle in show.stdout
+    images = np.full((1, TINY_SIZE, TINY_SIZE, 3), 0.5, "float32")
+    np.save(tmp_path / "images.npy", images)
+    run = subprocess.run(
+        [SAVED_MODEL_CLI, "run", "--dir", tiny.saved_model_dir, "--tag_set", "serve",
+         "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "logits" in run.stdout
+    expected = tiny.keras_model(images).numpy()
+    printed = run.stdout[run.stdout.index("[[") :]
+    values = np.array([float(v) for v in printed.replace("[", " ").replace("]", " ").split()])
+    np.testing.assert_allclose(values, expected.ravel(), rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------
+# Bad input at the SavedModel.
+
+
+@pytest.mark.parametrize(
+    "entry", ["__call__", "serving_default", "serve"]
+)
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.zeros((1, 32, 32, 4), "float32"), "3 channels"),
+        (np.zeros((1, 32, 32, 1), "float32"), "3 channels"),
+        (np.zeros((1, 16, 40, 3), "float32"), "at least 32 pixels"),
+        (np.zeros((1, 32, 32, 3), "uint8"), "float"),
+    ],
+)
+def test_bad_input_gives_clear_error(tiny, entry, images, message):
+    loaded = tf.saved_model.load(tiny.saved_model_dir)
+    call = {
+        "__call__": lambda x: loaded(x),
+        "serving_default": lambda x: loaded.signatures["serving_default"](images=x),
+        "serve": lambda x: loaded.serve(x),
+    }[entry]
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError)) as info:
+        call(tf.constant(images))
+    assert message in str(info.value)
+
+
+def test_bad_bytes_gives_clear_error(tiny):
+    loaded = tf.saved_model.load(tiny.saved_model_dir)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([b"not an image"]))
+
+
+# --------------------------------------------------------------------------
+# Folding.
+
+
+def _ws_reference(kernel, gain, eps=1e-4):
+    """DeepMind scaled WS in NumPy (reference doc §4), float64."""
+    kernel = kernel.astype("float64")
+    fan_in = np.prod(kernel.shape[:-1])
+    mean = kernel.mean(axis=(0, 1, 2), keepdims=True)
+    var = kernel.var(axis=(0, 1, 2), keepdims=True)
+    return (kernel - mean) * gain / np.sqrt(np.maximum(fan_in * var, eps))
+
+
+def test_fold_model_matches_unfolded_and_folds_scales():
+    model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
+    _randomize(model, seed=11)
+    x = _images(2, TINY_SIZE, seed=12)
+    expected = model(x).numpy()
+
+    plain = folding.fold_model(model, fold_scales=False)
+    _close(plain(x), expected)
+    conv = model.get_layer("stage1_block0_conv1")  # grouped, strided
+    np.testing.assert_allclose(
+        plain.get_layer(conv.name).kernel.numpy(),
+        _ws_reference(conv.kernel.numpy(), conv.gain.numpy()),
+        rtol=1e-5, atol=1e-6,
+    )
+
+    folded = folding.fold_model(model)
+    _close(folded(x), expected)
+    types = {type(layer) for layer in folded.layers}
+    assert nf_layers.ScaledStdConv2D not in types and nf_layers.SkipGain not in types
+    assert nf_layers.StochasticDepth not in types
+    convs = [l for l in folded.layers if isinstance(l, keras.layers.Conv2D)]
+    assert convs and all(isinstance(l, folding.ServingConv2D) for l in convs)
+    acts = [l for l in folded.layers if isinstance(l, nf_layers.GammaAct)]
+    assert all(l.gamma == 1.0 and l.beta == 1.0 for l in acts)
+    assert all(l.gate_gain == 1.0 for l in folded.layers if isinstance(l, nf_layers.SqueezeExcite))
+    # Same layer names (the weight-name contract), same parameter count.
+    assert [l.name for l in folded.layers] == [l.name for l in model.layers]
+
+
+@pytest.mark.parametrize("name", ["nf_resnettiny", "nf_regnet_tiny"])
+def test_fold_model_other_families(name):
+    # NF-ResNet (no SE, max-pool stem) and NF-RegNet (SE in the middle of the
+    # branch, zero-initialised head): the same folding rules apply.
+    model = export_lib.build_keras_model(name, classes=TINY_CLASSES)
+    _randomize(model, seed=21)
+    x = _images(2, TINY_SIZE, seed=22)
+    expected = model(x).numpy()
+    assert np.abs(expected).max() > 0.1
+    folded = folding.fold_model(model)
+    _close(folded(x), expected)
+    assert not any(isinstance(l, nf_layers.ScaledStdConv2D) for l in folded.layers)
+
+
+def test_fold_model_keeps_zero_skip_gain_blocks():
+    model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
+    _randomize(model, seed=13)
+    model.get_layer("stage2_block0_skip_gain").skip_gain.assign(0.0)
+    x = _images(2, TINY_SIZE, seed=14)
+    folded = folding.fold_model(model)
+    _close(folded(x), model(x).numpy())
+    assert isinstance(folded.get_layer("stage2_block0_skip_gain"), nf_layers.SkipGain)
+
+
+def test_folded_feature_vector_export(tiny_features_folded, tiny):
+    result = tiny_features_folded
+    x = _images(2, TINY_SIZE, seed=15)
+    expected = result.keras_model(x).numpy()
+    # Tiny row: final conv to 2 x 64 channels (nfnet.py FINAL_CONV_MULT).
+    assert expected.shape == (2, 128)
+    loaded = tf.saved_model.load(result.saved_model_dir)
+    _close(loaded(tf.constant(x)), expected)
+    out = loaded.signatures["serving_default"](images=tf.constant(x))
+    assert list(out) == ["feature_vector"]
+    _close(out["feature_vector"], expected)
+    assert len(loaded.trainable_variables) == 0
+    # Features of the classification weights: the same trunk.
+    trunk = keras.Model(tiny.keras_model.input, tiny.keras_model.get_layer("avg_pool").output)
+    _close(expected, trunk(x).numpy())
+    # The folded graph holds no XLA-compiled function (TF Serving runs XLA:CPU
+    # only on request); the unfolded one has them (Keras grouped convs).
+    def xla_functions(path):
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            return f.read().count(b"_XlaMustCompile")
+    assert xla_functions(result.saved_model_dir) == 0
+    assert xla_functions(tiny.saved_model_dir) > 0
+
+
+# --------------------------------------------------------------------------
+# F0 structure.
+
+
+def test_f0_export_round_trip_and_folding(f0):
+    model, saved_model_dir = f0
+    assert model.count_params() == 71_489_284  # reference doc §2
+    x = _images(2, F0_SIZE, seed=16)
+    expected = model(x).numpy()
+    assert expected.shape == (2, 1000)
+    loaded = tf.saved_model.load(saved_model_dir)
+    _close(loaded(tf.constant(x)), expected)
+    _close(loaded.signatures["serving_default"](images=tf.constant(x))["logits"], expected)
+    png = _encoded("png", seed=17)
+    _close(
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))["logits"],
+        model(preprocessing.eval_transform(png, F0_SIZE)[None]).numpy(),
+    )
+    _close(folding.fold_model(model)(x), expected)
+    layer = keras.layers.TFSMLayer(saved_model_dir, call_endpoint="serve")
+    inputs = keras.Input((F0_SIZE, F0_SIZE, 3))
+    _close(keras.Model(inputs, layer(inputs))(x), expected)
+
+
+# --------------------------------------------------------------------------
+# Bundle and command line.
+
+
+def test_bundle_tarball_card_and_kaggle_metadata(tiny):
+    with tarfile.open(tiny.tarball) as tar:
+        names = tar.getnames()
+    assert "saved_model.pb" in names
+    assert any(n.startswith("variables/variables.data") for n in names)
+    assert "variables/variables.index" in names
+    assert not any(os.path.basename(n).startswith(".") or n.startswith("/") for n in names)
+    with open(tiny.model_card) as f:
+        card = f.read()
+    assert card.startswith("# Module ")
+    for needle in ("<!-- task: image-classification -->", "<!-- format: saved_model_2 -->",
+                   "## Overview", "## Inputs and outputs", "## Usage", "TFSMLayer",
+                   "hub.KerasLayer", "hub.load", "## Fine-tuning", "## Training data",
+                   "## Metrics", "## License", "## Citation", "brock2021high",
+                   "serving_bytes", "[batch, 10]"):
+        assert needle in card, needle
+    for path in tiny.kaggle_metadata:
+        with open(path) as f:
+            content = json.load(f)
+        assert content["ownerSlug"]
+    instance = json.load(open(os.path.join(os.path.dirname(tiny.tarball), "model-instance-metadata.json")))
+    assert instance["framework"] == "tensorFlow2" and instance["fineTunable"] is True
+
+
+def test_cli_rejects_bad_arguments_before_writing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert export_lib.main(["--model", "nfnet_f9", "--out", str(out)]) == 2
+    assert "Unknown model name 'nfnet_f9'" in capsys.readouterr().err
+    assert not out.exists()
+    missing = str(tmp_path / "missing.weights.h5")
+    assert export_lib.main(["--model", "nfnet_tiny", "--weights", missing, "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="image_size"):
+        export_lib.export("nfnet_tiny", str(out), image_size=16, log=None)
+    with pytest.raises(ValueError, match="output"):
+        export_lib.export("nfnet_tiny", str(out), output="logits", log=None)
+    assert not out.exists()
+
+
+def test_cli_writes_verified_export(tmp_path, tiny_weights, capsys):
+    out = tmp_path / "cli"
+    code = export_lib.main(["--model", "nfnet_tiny", "--weights", tiny_weights, "--classes",
+                            str(TINY_CLASSES), "--image_size", "32", "--fold", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Verified: reloaded SavedModel matches the Keras model" in printed
+    assert (out / "saved_model" / "saved_model.pb").exists()
+    assert (out / "nfnet_tiny_classification.tar.gz").exists()
+
+
+def test_hub_environment_pins():
+    import setuptools
+    import tf_keras
+
+    import tensorflow_hub as hub
+
+    assert hub.__version__
+    # tf_keras must match TensorFlow's minor version; tensorflow_hub imports
+    # pkg_resources, removed in setuptools 82.
+    assert tf_keras.__version__.split(".")[:2] == tf.__version__.split(".")[:2]
+    assert int(setuptools.__version__.split(".")[0]) < 82
