@@ -27,10 +27,8 @@ SavedModel (callable ``obj(images, training=False)``, ``variables``,
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
-import re
 import shutil
 import sys
 import tarfile
@@ -39,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import nfnet_keras
+from nfnet_keras.models import MODELS
 from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD
 from nfnet_keras.layers import Normalize
 
@@ -59,19 +57,8 @@ VERIFY_TOLERANCE = 1e-4
 # Image dtypes callers commonly pass by mistake; `__call__` names them.
 _WRONG_DTYPES = (tf.uint8, tf.int32, tf.float16, tf.float64)
 
-_NFNET_NAME = re.compile(r"^nfnet_(f[0-7]|tiny)$")
-
-
 # --------------------------------------------------------------------------
 # Model lookup and construction.
-
-
-def _nfnet_constructor(variant):
-    def constructor(**kwargs):
-        return nfnet_keras.NFNet(variant, **kwargs)
-
-    constructor.__name__ = f"NFNet{variant}"
-    return constructor
 
 
 def get_constructor(name):
@@ -82,35 +69,19 @@ def get_constructor(name):
     """
     if not isinstance(name, str):
         raise ValueError(f"`model` must be a model name string. Received: model={name!r}")
-    table = _model_table()
-    if name not in table:
-        raise ValueError(f"Unknown model name {name!r}. Expected one of {sorted(table)}.")
-    return table[name]
-
-
-def _model_table():
-    models = importlib.import_module("nfnet_keras.models")
-    table = getattr(models, "MODELS", None)
-    if table is not None:
-        return table
-    return {f"nfnet_{v.lower()}": _nfnet_constructor(v) for v in nfnet_keras.models.nfnet.VARIANTS}
+    if name not in MODELS:
+        raise ValueError(f"Unknown model name {name!r}. Expected one of {sorted(MODELS)}.")
+    return MODELS[name]
 
 
 def available_models():
     """The model names `get_constructor` knows in this installation."""
-    return sorted(_model_table())
+    return sorted(MODELS)
 
 
 def default_image_size(name):
     """The model's evaluation resolution (its constructor's default input side)."""
-    match = _NFNET_NAME.match(name)
-    if match:
-        from nfnet_keras.models.nfnet import VARIANTS
-
-        key = match.group(1).upper() if match.group(1) != "tiny" else "tiny"
-        return VARIANTS[key].test_size
-    model = get_constructor(name)(weights=None, classifier_activation=None)
-    return int(model.input.shape[1])
+    return get_constructor(name).default_size
 
 
 def build_keras_model(name, *, output="classification", weights=None, classes=1000):

@@ -39,6 +39,19 @@ from nfnet_keras.models.nf_resnet import (
     NFResNet152,
     NFResNet200,
 )
+from nfnet_keras.models.timm_variants import (
+    TimmNFRegNet,
+    TimmNFRegNetB0,
+    TimmNFRegNetB1,
+    TimmNFRegNetB2,
+    TimmNFRegNetB3,
+    TimmNFRegNetB4,
+    TimmNFRegNetB5,
+    TimmNFResNet,
+    TimmNFResNet26,
+    TimmNFResNet50,
+    TimmNFResNet101,
+)
 from nfnet_keras.models import MODELS, get_model
 
 __version__ = "0.1.0"

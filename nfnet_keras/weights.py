@@ -191,7 +191,7 @@ CHECKPOINTS = tuple(
         # architectures (7x7 + max-pool stem, D-style shortcuts, 8-rounded
         # widths; reference doc §6), which are not DeepMind's.
         Checkpoint(
-            variant="nf_resnet50",
+            variant="timm_nf_resnet50",
             source="timm",
             url=_TIMM_NF + "nf_resnet50_ra2-9f236009.pth",
             file_format="timm",
@@ -206,10 +206,10 @@ CHECKPOINTS = tuple(
             top1_source="timm results/results-imagenet.csv (nf_resnet50.ra2_in1k @288)",
             license=_TIMM_LICENSE,
             citation=_NF_CITATION,
-            constructor="nfnet_keras.models.nf_resnet:NFResNet50",
+            constructor="nfnet_keras.models.timm_variants:TimmNFResNet50",
         ),
         Checkpoint(
-            variant="nf_regnet_b1",
+            variant="timm_nf_regnet_b1",
             source="timm",
             url=_TIMM_NF + "nf_regnet_b1_256_ra2-ad85cfef.pth",
             file_format="timm",
@@ -224,7 +224,7 @@ CHECKPOINTS = tuple(
             top1_source="timm results/results-imagenet.csv (nf_regnet_b1.ra2_in1k @288)",
             license=_TIMM_LICENSE,
             citation=_NF_CITATION,
-            constructor="nfnet_keras.models.nf_regnet:NFRegNetB1",
+            constructor="nfnet_keras.models.timm_variants:TimmNFRegNetB1",
         ),
     ]
 )
@@ -233,11 +233,6 @@ CHECKPOINTS = tuple(
 # (the paper's numbers); timm's copy of the same tensors if that fails to
 # download.
 SOURCE_PREFERENCE = ("deepmind", "timm")
-
-# Variants whose timm-architecture models are not built by this package yet.
-_TIMM_ARCHITECTURE_VARIANTS = {
-    row.variant for row in CHECKPOINTS if row.architecture == "timm"
-}
 
 _CACHE_FORMAT = 1  # bump when the layout of converted files changes
 
@@ -425,20 +420,26 @@ def read_timm_file(path):
 # Conversion and cache.
 
 
+# Name-rule sets of `nfnet_keras.convert.timm` by model-name prefix: timm's
+# `dm_nfnet_*` layout for the NFNets, timm's own NF-ResNet / NF-RegNet
+# architectures for the `timm_*` models (reference doc §6).
+_TIMM_RULES_BY_PREFIX = (
+    ("nfnet_", "dm_nfnet"),
+    ("timm_nf_resnet", "timm_nf_resnet"),
+    ("timm_nf_regnet", "timm_nf_regnet"),
+)
+
+
 def _timm_arch(variant):
-    if variant in _TIMM_ARCHITECTURE_VARIANTS:
-        raise ValueError(
-            f"The timm checkpoints of {variant} belong to timm's own "
-            f"{variant} architecture (different stem, shortcuts and widths "
-            "from DeepMind's; reference doc §6), which this package does not "
-            "build yet; they cannot be loaded into this model."
-        )
-    if not variant.startswith("nfnet_"):
-        raise ValueError(
-            f"timm checkpoints can be loaded into NFNet models only (timm's "
-            f"`dm_nfnet_*` layout). Received a model of variant={variant!r}."
-        )
-    return "dm_nfnet"
+    for prefix, arch in _TIMM_RULES_BY_PREFIX:
+        if variant.startswith(prefix):
+            return arch
+    raise ValueError(
+        "timm checkpoints load into the NFNets (timm's `dm_nfnet_*` layout) and "
+        "into timm's own NF-ResNet / NF-RegNet architectures (`TimmNFResNet50`, "
+        "`TimmNFRegNetB1`, ...; their stems, shortcuts and widths differ from "
+        f"DeepMind's, reference doc §6). Received a model of variant={variant!r}."
+    )
 
 
 def load_source(model, path, variant, include_top=True, kind=None):
@@ -554,8 +555,6 @@ def _load_imagenet(model, variant, include_top):
     rows = checkpoints(variant)
     if not rows:
         checkpoint(variant)  # raises the explanation
-    if variant in _TIMM_ARCHITECTURE_VARIANTS:
-        _timm_arch(variant)  # raises: architecture not built yet
     failures = []
     for row in rows:
         try:

@@ -162,9 +162,11 @@ def test_tf_saved_model_load_call_and_signatures(tiny):
     # Each variable is stored once (not also under the Keras model's wrappers).
     stored = tf.train.list_variables(os.path.join(tiny.saved_model_dir, "variables", "variables"))
     assert len([name for name, _ in stored if name.endswith("VARIABLE_VALUE")]) == len(model.variables)
-    # Built-in verification ran and passed.
+    # Built-in verification ran on every entry (the 1e-5 relative checks of
+    # each entry are the `_close` calls above).
     assert set(tiny.verification) == {"__call__", "serve", "serving_default", "serving_bytes"}
-    assert max(tiny.verification.values()) <= TOL
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert max(tiny.verification.values()) <= 2 * TOL * scale
 
 
 @pytest.mark.parametrize("kind", ["png", "jpeg"])

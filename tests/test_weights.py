@@ -66,7 +66,10 @@ def test_rows_agree_with_the_model_rows_and_with_timm():
             assert t.resize == t.size + 32 and not t.keep_aspect and not t.antialias
             assert row.top1 == model_row.top1
             continue
-        name = {"nf_resnet50": "nf_resnet50.ra2_in1k", "nf_regnet_b1": "nf_regnet_b1.ra2_in1k"}.get(
+        name = {
+            "timm_nf_resnet50": "nf_resnet50.ra2_in1k",
+            "timm_nf_regnet_b1": "nf_regnet_b1.ra2_in1k",
+        }.get(
             row.variant, f"dm_{row.variant}.dm_in1k"
         )
         cfg = timm.models.get_pretrained_cfg(name)
@@ -86,16 +89,32 @@ def test_every_variant_resolves_to_a_constructor():
         assert constructor is getattr(nfnet_keras, row.constructor.split(":")[1])
 
 
-@pytest.mark.parametrize("constructor", ["NFResNet50", "NFRegNetB1"])
-def test_timm_architecture_rows_refuse_clearly_without_downloading(constructor, monkeypatch):
-    # timm's nf_resnet50 / nf_regnet_b1 weights belong to timm's own
-    # architectures (reference doc §6), not to the DeepMind ones built here.
-    def no_network(*args, **kwargs):
-        raise AssertionError("must not download")
+def test_timm_checkpoint_refused_by_a_deepmind_architecture(tmp_path):
+    # timm's nf_resnet50 weights belong to timm's own architecture
+    # (reference doc §6), not to DeepMind's NF-ResNet-50.
+    from _timm import timm, torch
 
-    monkeypatch.setattr(weights_lib.keras.utils, "get_file", no_network)
-    with pytest.raises(ValueError, match="timm's own nf_re.* architecture"):
-        getattr(nfnet_keras, constructor)(weights="imagenet")
+    path = str(tmp_path / "nf_resnet50.pth")
+    torch.save(timm.create_model("nf_resnet26").state_dict(), path)
+    with pytest.raises(ValueError, match="TimmNFResNet50"):
+        nfnet_keras.NFResNet("tiny", input_shape=(32, 32, 3), weights=path)
+
+
+def test_timm_nf_regnet_file_loads_into_the_timm_architecture(tmp_path):
+    from _timm import timm, torch
+
+    reference = timm.create_model("nf_regnet_b0").eval()
+    with torch.no_grad():
+        for p in reference.parameters():  # non-trivial values everywhere
+            p.add_(torch.rand(p.shape) * 0.5)
+    path = str(tmp_path / "nf_regnet_b0.pth")
+    torch.save(reference.state_dict(), path)
+    model = nfnet_keras.TimmNFRegNetB0(input_shape=(64, 64, 3), classifier_activation=None, weights=path)
+    images = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
+    with torch.inference_mode():
+        expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    got = model.predict(images, verbose=0)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
 
 
 def test_unknown_variant_has_no_imagenet_weights():
@@ -128,7 +147,7 @@ def test_deepmind_eval_transform_matches_the_reference_pipeline():
 
 
 @pytest.mark.parametrize(
-    "variant,resize,crop", [("nfnet_f0", (284, 284), 256), ("nf_resnet50", 306, 288)]
+    "variant,resize,crop", [("nfnet_f0", (284, 284), 256), ("timm_nf_resnet50", 306, 288)]
 )
 def test_timm_eval_transform_matches_torchvision(variant, resize, crop):
     from _timm import torch

@@ -36,7 +36,6 @@ layouts, so no tensor is transposed; every shape is checked.
 import io
 import pickle
 import re
-import zipfile
 
 import numpy as np
 

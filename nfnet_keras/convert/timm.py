@@ -33,7 +33,28 @@ _DM_NFNET_RULES = [
     (r"predictions", lambda m: "head.fc"),
 ]
 
-RULES = {"dm_nfnet": _DM_NFNET_RULES}
+# timm's own NF-ResNet / NF-RegNet (`NormFreeNet` with `_nfres_cfg` /
+# `_nfreg_cfg`, built by `nfnet_keras.models.timm_variants`): one stem conv
+# `stem.conv`, no `conv2b`, no skip gain; SE is `attn` (middle, RegNet) or
+# `attn_last` (after conv3, ResNet).
+def _timm_nf_rules(se_module):
+    return [
+        (r"stem_conv0", lambda m: "stem.conv"),
+        (r"stage(\d+)_block(\d+)_conv0", lambda m: f"stages.{m[1]}.{m[2]}.conv1"),
+        (r"stage(\d+)_block(\d+)_conv1", lambda m: f"stages.{m[1]}.{m[2]}.conv2"),
+        (r"stage(\d+)_block(\d+)_conv2", lambda m: f"stages.{m[1]}.{m[2]}.conv3"),
+        (r"stage(\d+)_block(\d+)_shortcut_conv", lambda m: f"stages.{m[1]}.{m[2]}.downsample.conv"),
+        (r"stage(\d+)_block(\d+)_se", lambda m: f"stages.{m[1]}.{m[2]}.{se_module}"),
+        (r"final_conv", lambda m: "final_conv"),
+        (r"predictions", lambda m: "head.fc"),
+    ]
+
+
+RULES = {
+    "dm_nfnet": _DM_NFNET_RULES,
+    "timm_nf_resnet": _timm_nf_rules("attn_last"),
+    "timm_nf_regnet": _timm_nf_rules("attn"),
+}
 
 
 def _conv_kernel(w):
@@ -123,7 +144,10 @@ def load_timm_state_dict(model, state_dict, arch="dm_nfnet", skip=None):
     Args:
         model: a model built by this package (layer names are the contract).
         state_dict: mapping timm name -> array (torch tensors accepted).
-        arch: the name-rule set; ``"dm_nfnet"`` for timm's `dm_nfnet_*`.
+        arch: the name-rule set; ``"dm_nfnet"`` for timm's `dm_nfnet_*`,
+            ``"timm_nf_resnet"`` / ``"timm_nf_regnet"`` for timm's
+            `nf_resnet*` / `nf_regnet_*` (models of
+            `nfnet_keras.models.timm_variants`).
         skip: optional regex of timm names allowed to stay unused (e.g. the
             head, ``r"head\\.fc\\."``, when loading into `include_top=False`).
 
