@@ -316,6 +316,62 @@ def head(
     return x
 
 
+def begin(arguments, *, default_size, default_dropout, default_stochastic_depth):
+    """The first phase of every builder: checks, rates, input, preprocessing.
+
+    Args:
+        arguments: the builder's arguments (its `locals()` on entry): the
+            keras.applications ones plus `include_preprocessing`,
+            `dropout_rate`, `stochastic_depth_rate`, `convention`.
+        default_size: the row's test resolution.
+        default_dropout, default_stochastic_depth: the rates used when the
+            arguments are `None`.
+
+    Returns:
+        (model inputs, first tensor, dropout rate, stochastic depth rate).
+    """
+    input_shape = validate_arguments(
+        include_top=arguments["include_top"],
+        weights=arguments["weights"],
+        input_shape=arguments["input_shape"],
+        pooling=arguments["pooling"],
+        classes=arguments["classes"],
+        classifier_activation=arguments["classifier_activation"],
+        default_size=default_size,
+        convention=arguments["convention"],
+    )
+    dropout_rate = resolve_rate(arguments["dropout_rate"], default_dropout, "dropout_rate")
+    stochastic_depth_rate = resolve_rate(
+        arguments["stochastic_depth_rate"], default_stochastic_depth, "stochastic_depth_rate"
+    )
+    inputs, x = make_input(arguments["input_tensor"], input_shape)
+    if arguments["include_preprocessing"]:
+        x = normalize(x)
+    return inputs, x, dropout_rate, stochastic_depth_rate
+
+
+def end(x, inputs, arguments, *, name, variant, dropout_rate, classifier_initializer):
+    """The last phase of every builder: head, model class, weights."""
+    outputs = head(
+        x,
+        include_top=arguments["include_top"],
+        pooling=arguments["pooling"],
+        classes=arguments["classes"],
+        classifier_activation=arguments["classifier_activation"],
+        dropout_rate=dropout_rate,
+        classifier_initializer=classifier_initializer,
+    )
+    return finish(
+        inputs,
+        outputs,
+        name=name,
+        weights=arguments["weights"],
+        variant=variant,
+        include_top=arguments["include_top"],
+        agc_clipping=arguments["agc_clipping"],
+    )
+
+
 def finish(inputs, outputs, *, name, weights, variant, include_top, agc_clipping):
     """Wraps the graph in the AGC-training model and loads weights."""
     from nfnet_keras.agc import NFModel  # local import: agc imports layers

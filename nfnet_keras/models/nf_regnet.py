@@ -61,28 +61,16 @@ def NFRegNet(
     agc_clipping=0.01,
 ):
     """Builds an NF-RegNet from its row name ("B0" ... "B5", "tiny")."""
+    arguments = dict(locals())
     row = _common.check_variant(variant, VARIANTS)
-    name = name or f"nf_regnet_{variant.lower()}"
-    input_shape = _common.validate_arguments(
-        include_top=include_top,
-        weights=weights,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
+    inputs, x, dropout_rate, stochastic_depth_rate = _common.begin(
+        arguments,
         default_size=row.test_size,
-        convention=convention,
-    )
-    dropout_rate = _common.resolve_rate(dropout_rate, row.dropout_rate, "dropout_rate")
-    stochastic_depth_rate = _common.resolve_rate(
-        stochastic_depth_rate, STOCHASTIC_DEPTH_RATE, "stochastic_depth_rate"
+        default_dropout=row.dropout_rate,
+        default_stochastic_depth=STOCHASTIC_DEPTH_RATE,
     )
     factory = _common.Factory(activation, convention)
     widths = [int(w * WIDTH_MULT) for w in row.widths]
-
-    inputs, x = _common.make_input(input_tensor, input_shape)
-    if include_preprocessing:
-        x = _common.normalize(x)
 
     # Stem: one 3x3/2 WS conv to the first stage width, no activation.
     x = factory.conv(widths[0], 3, "stem_conv0", strides=2)(x)
@@ -111,24 +99,15 @@ def NFRegNet(
 
     x = factory.conv(HEAD_WIDTH * in_channels // HEAD_REFERENCE, 1, "final_conv")(x)
     x = factory.act("final_act")(x)
-    outputs = _common.head(
+    return _common.end(
         x,
-        include_top=include_top,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
+        inputs,
+        arguments,
+        name=name or f"nf_regnet_{variant.lower()}",
+        variant=f"nf_regnet_{variant.lower()}",
         dropout_rate=dropout_rate,
         # Zero-initialised classifier, deepmind-research `nf_regnet.py` (§6.2).
         classifier_initializer="zeros",
-    )
-    return _common.finish(
-        inputs,
-        outputs,
-        name=name,
-        weights=weights,
-        variant=f"nf_regnet_{variant.lower()}",
-        include_top=include_top,
-        agc_clipping=agc_clipping,
     )
 
 

@@ -62,27 +62,15 @@ def NFResNet(
     agc_clipping=0.01,
 ):
     """Builds an NF-ResNet from its row name ("26", "50", ..., "tiny")."""
+    arguments = dict(locals())
     row = _common.check_variant(variant, VARIANTS)
-    name = name or f"nf_resnet{variant}"
-    input_shape = _common.validate_arguments(
-        include_top=include_top,
-        weights=weights,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
+    inputs, x, dropout_rate, stochastic_depth_rate = _common.begin(
+        arguments,
         default_size=TEST_SIZE,
-        convention=convention,
-    )
-    dropout_rate = _common.resolve_rate(dropout_rate, DROPOUT_RATE, "dropout_rate")
-    stochastic_depth_rate = _common.resolve_rate(
-        stochastic_depth_rate, STOCHASTIC_DEPTH_RATE, "stochastic_depth_rate"
+        default_dropout=DROPOUT_RATE,
+        default_stochastic_depth=STOCHASTIC_DEPTH_RATE,
     )
     factory = _common.Factory(activation, convention)
-
-    inputs, x = _common.make_input(input_tensor, input_shape)
-    if include_preprocessing:
-        x = _common.normalize(x)
 
     # Stem: 7x7/2 WS conv (with bias), 3x3/2 SAME max pool, no activation.
     x = factory.conv(row.stem_width, 7, "stem_conv0", strides=2)(x)
@@ -109,23 +97,15 @@ def NFResNet(
 
     # Head: activation, pool, dropout, classifier; no final conv (§6.1).
     x = factory.act("final_act")(x)
-    outputs = _common.head(
+    return _common.end(
         x,
-        include_top=include_top,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        dropout_rate=dropout_rate,
-        classifier_initializer=keras.initializers.RandomNormal(stddev=0.01),
-    )
-    return _common.finish(
         inputs,
-        outputs,
-        name=name,
-        weights=weights,
+        arguments,
+        name=name or f"nf_resnet{variant}",
         variant=f"nf_resnet{variant}",
-        include_top=include_top,
-        agc_clipping=agc_clipping,
+        dropout_rate=dropout_rate,
+        # N(0, 0.01) classifier init, deepmind-research `nf_resnet.py`.
+        classifier_initializer=keras.initializers.RandomNormal(stddev=0.01),
     )
 
 

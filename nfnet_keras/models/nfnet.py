@@ -70,29 +70,16 @@ def NFNet(
     agc_clipping=0.01,
 ):
     """Builds an NFNet from its row name ("F0" ... "F7", "tiny")."""
+    arguments = dict(locals())
     row = _common.check_variant(variant, VARIANTS)
-    name = name or f"nfnet_{variant.lower()}"
-    input_shape = _common.validate_arguments(
-        include_top=include_top,
-        weights=weights,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
+    inputs, x, dropout_rate, stochastic_depth_rate = _common.begin(
+        arguments,
         default_size=row.test_size,
-        convention=convention,
-    )
-    dropout_rate = _common.resolve_rate(dropout_rate, row.dropout_rate, "dropout_rate")
-    stochastic_depth_rate = _common.resolve_rate(
-        stochastic_depth_rate, STOCHASTIC_DEPTH_RATE, "stochastic_depth_rate"
+        default_dropout=row.dropout_rate,
+        default_stochastic_depth=STOCHASTIC_DEPTH_RATE,
     )
     group_width = TINY_GROUP_WIDTH if variant == "tiny" else GROUP_WIDTH
     factory = _common.Factory("gelu", convention)
-
-    # Input and preprocessing.
-    inputs, x = _common.make_input(input_tensor, input_shape)
-    if include_preprocessing:
-        x = _common.normalize(x)
 
     # Stem: three gamma-GELU 3x3 convs (strides 2, 1, 1), then a stride-2
     # conv to widths[0] // 2 with no activation (§3.2).
@@ -127,24 +114,15 @@ def NFNet(
     # Head: final conv, gamma-GELU, pool, dropout, classifier (§3.6).
     x = factory.conv(row.widths[-1] * FINAL_CONV_MULT, 1, "final_conv")(x)
     x = factory.act("final_act")(x)
-    outputs = _common.head(
+    return _common.end(
         x,
-        include_top=include_top,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
+        inputs,
+        arguments,
+        name=name or f"nfnet_{variant.lower()}",
+        variant=f"nfnet_{variant.lower()}",
         dropout_rate=dropout_rate,
         # N(0, 0.01) classifier init, deepmind-research `nfnet.py` (§3.10).
         classifier_initializer=keras.initializers.RandomNormal(stddev=0.01),
-    )
-    return _common.finish(
-        inputs,
-        outputs,
-        name=name,
-        weights=weights,
-        variant=f"nfnet_{variant.lower()}",
-        include_top=include_top,
-        agc_clipping=agc_clipping,
     )
 
 

@@ -248,49 +248,26 @@ def _block(
     return layers.Add(name=prefix + "add")([r, s])
 
 
-def _start(variant, rows, default_size, arguments):
+def _start(variant, rows, arguments):
     row = _common.check_variant(variant, rows)
-    input_shape = _common.validate_arguments(
-        include_top=arguments["include_top"],
-        weights=arguments["weights"],
-        input_shape=arguments["input_shape"],
-        pooling=arguments["pooling"],
-        classes=arguments["classes"],
-        classifier_activation=arguments["classifier_activation"],
-        default_size=default_size(row),
-        convention=arguments["convention"],
+    return (row,) + _common.begin(
+        arguments,
+        default_size=row.test_size,
+        default_dropout=DROPOUT_RATE,
+        default_stochastic_depth=STOCHASTIC_DEPTH_RATE,
     )
-    dropout_rate = _common.resolve_rate(
-        arguments["dropout_rate"], DROPOUT_RATE, "dropout_rate"
-    )
-    stochastic_depth_rate = _common.resolve_rate(
-        arguments["stochastic_depth_rate"], STOCHASTIC_DEPTH_RATE, "stochastic_depth_rate"
-    )
-    inputs, x = _common.make_input(arguments["input_tensor"], input_shape)
-    if arguments["include_preprocessing"]:
-        x = _common.normalize(x)
-    return row, inputs, x, dropout_rate, stochastic_depth_rate
 
 
 def _end(x, inputs, name, variant, dropout_rate, arguments):
-    outputs = _common.head(
+    return _common.end(
         x,
-        include_top=arguments["include_top"],
-        pooling=arguments["pooling"],
-        classes=arguments["classes"],
-        classifier_activation=arguments["classifier_activation"],
+        inputs,
+        arguments,
+        name=name,
+        variant=variant,
         dropout_rate=dropout_rate,
         # `NormFreeNet`: fc weight N(0, 0.01), bias 0 (`zero_init_fc=False`).
         classifier_initializer=keras.initializers.RandomNormal(stddev=0.01),
-    )
-    return _common.finish(
-        inputs,
-        outputs,
-        name=name,
-        weights=arguments["weights"],
-        variant=variant,
-        include_top=arguments["include_top"],
-        agc_clipping=arguments["agc_clipping"],
     )
 
 
@@ -313,9 +290,7 @@ def TimmNFResNet(
 ):
     """Builds timm's `nf_resnet{variant}` ("26", "50", "101")."""
     arguments = dict(locals())
-    row, inputs, x, dropout_rate, rate = _start(
-        variant, RESNET_VARIANTS, lambda r: r.test_size, arguments
-    )
+    row, inputs, x, dropout_rate, rate = _start(variant, RESNET_VARIANTS, arguments)
     model_name = f"timm_nf_resnet{variant}"
     factory = _Factory(activation, convention)
 
@@ -360,9 +335,7 @@ def TimmNFRegNet(
 ):
     """Builds timm's `nf_regnet_{variant}` ("B0" ... "B5")."""
     arguments = dict(locals())
-    row, inputs, x, dropout_rate, rate = _start(
-        variant, REGNET_VARIANTS, lambda r: r.test_size, arguments
-    )
+    row, inputs, x, dropout_rate, rate = _start(variant, REGNET_VARIANTS, arguments)
     model_name = f"timm_nf_regnet_{variant.lower()}"
     factory = _Factory(activation, convention)
     widths = [make_divisible(c * REGNET_WIDTH_FACTOR) for c in row.channels]
