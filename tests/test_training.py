@@ -44,6 +44,17 @@ def test_end_to_end_train_evaluate_export_reload(tmp_path):
     assert reloaded.agc_clipping == 0.01
 
 
+def test_mixed_bfloat16_training_exports_float32(tmp_path):
+    summary = run(tmp_path, "--epochs=1", "--steps_per_epoch=3", "--precision=mixed_bfloat16")
+    assert summary["precision"] == "mixed_bfloat16"
+    assert np.isfinite(summary["final_train_loss"])
+    assert summary["reloaded_max_abs_diff"] < 1e-4  # the export is float32
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    model = keras.models.load_model(tmp_path / "model.keras")
+    assert model.get_layer("stem_conv0").compute_dtype == "bfloat16"
+    assert model.get_layer("stem_conv0").kernel.dtype == "float32"
+
+
 class _Interrupt(keras.callbacks.Callback):
     """Fails like a killed job after `after_steps` training steps."""
 

@@ -34,6 +34,10 @@ from nfnet_keras.optimizers import NFSGD  # noqa: E402
 from training import configs, datasets, pipeline  # noqa: E402
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+# Keras dtype policies: bfloat16 compute (TPU, recent CPUs/GPUs) or float16
+# with loss scaling (GPUs); variables, weight standardisation, AGC and EMA
+# stay float32 (design.md "Scale").
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def make_strategy(name, tpu_address=None):
@@ -66,6 +70,7 @@ def build_parser():
     parser.add_argument("--download", action="store_true", help="let TFDS download the dataset")
     parser.add_argument("--strategy", default="default", choices=STRATEGIES)
     parser.add_argument("--tpu", help="TPU address for --strategy=tpu")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS)
     parser.add_argument("--out", help="output directory (default runs/<config>)")
     parser.add_argument("--batch_size", type=int, help="global batch size")
     parser.add_argument("--epochs", type=float)
@@ -140,6 +145,15 @@ def make_optimizer(config, total_steps, warmup_steps):
 
 def train(args, extra_callbacks=()):
     """Runs the whole job for parsed `args`; returns the summary dict."""
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(args.precision)
+    try:
+        return _train(args, extra_callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(args, extra_callbacks):
     config = resolve_config(args)
     out = args.out or os.path.join("runs", args.config)
     os.makedirs(out, exist_ok=True)
@@ -155,7 +169,7 @@ def train(args, extra_callbacks=()):
         f"{source.num_test} test examples, {source.num_classes} classes; "
         f"{strategy.num_replicas_in_sync} replica(s), batch {config.batch_size}, "
         f"{epochs} epochs x {steps_per_epoch} steps, peak lr {config.peak_lr:g}, "
-        f"AGC {config.agc_clipping}, EMA {config.ema_decay}"
+        f"AGC {config.agc_clipping}, EMA {config.ema_decay}, {args.precision}"
     )
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(config), f, indent=2)
@@ -202,20 +216,23 @@ def train(args, extra_callbacks=()):
     model.save_weights(weights_path)
     model.save(os.path.join(out, "model.keras"))
     summary = {
+        "precision": args.precision,
         "train_seconds": round(train_seconds, 1),
         "final_train_loss": float(history.history["loss"][-1]),
         "eval": metrics,
         "weights": weights_path,
     }
     if not args.no_export:
-        summary.update(export_and_reload(config, source, model, weights_path, out))
+        # Exports are float32 whatever the training precision.
+        keras.mixed_precision.set_global_policy("float32")
+        summary.update(export_and_reload(config, source, weights_path, out))
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"[done] {json.dumps(summary)}")
     return summary
 
 
-def export_and_reload(config, source, model, weights_path, out):
+def export_and_reload(config, source, weights_path, out):
     from export import export as export_lib
 
     export_dir = os.path.join(out, "export")
@@ -233,6 +250,8 @@ def export_and_reload(config, source, model, weights_path, out):
         [pipeline.eval_transform(i, config.test_size, config.eval_padding) for i in images]
     )
     served = reloaded(images / 255.0, training=False).numpy()  # TF Hub images: [0, 1]
+    model = build_model(config, source.num_classes)
+    model.load_weights(weights_path)
     keras_logits = model.predict(images, verbose=0)
     max_diff = float(np.abs(served - keras_logits).max())
     predicted = served.argmax(-1)
