@@ -72,3 +72,19 @@ def test_nfnet_f0_matches_timm(timm_f0, size):
     np.testing.assert_allclose(
         pooled, ref_features, rtol=0, atol=1e-4 * max(1.0, float(np.abs(ref_features).max()))
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["F1", "F2", "F3", "F4", "F5", "F6"])
+def test_deeper_nfnets_match_timm(variant):
+    # Every released variant's structure (depths) against timm, at 128 px.
+    reference = randomize_timm(timm.create_model(f"dm_nfnet_{variant.lower()}"), seed=2)
+    images = np.random.default_rng(3).standard_normal((1, 128, 128, 3)).astype("float32")
+    _, ref_logits = _timm_outputs(reference, images)
+    model = getattr(nfnet_keras, f"NFNet{variant}")(
+        input_shape=(128, 128, 3), classifier_activation=None, convention="timm"
+    )
+    load_timm_state_dict(model, reference.state_dict())
+    logits = model.predict(images, verbose=0)
+    tol = 1e-4 * max(1.0, float(np.abs(ref_logits).max()))
+    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=tol)

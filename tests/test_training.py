@@ -124,7 +124,6 @@ def test_bad_flags_are_reported(tmp_path, capsys, flags, match):
     assert match in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_demo_recipe_learns_the_shapes(tmp_path):
     # The README's main job: 12 epochs reach > 85% test accuracy (measured 92-96%).
     summary = run(tmp_path, "--no_export")
