@@ -40,6 +40,10 @@ import re
 import numpy as np
 
 from nfnet_keras import layers as nf_layers
+from nfnet_keras.convert import assign_or_raise
+
+# Names shown per section of a refused load (an F1 file into F0 lists hundreds).
+_LISTING_LIMIT = 40
 
 # ---------------------------------------------------------------------------
 # The restricted unpickler.
@@ -380,12 +384,6 @@ def _shape(shape):
     return "(" + ", ".join(str(int(d)) for d in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def _listing(title, items, limit=40):
-    shown = items[:limit]
-    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"{title} ({len(items)}):\n  " + "\n  ".join(shown) + more
-
-
 def load_haiku_params(model, params, include_top=True, root="NFNet", source="checkpoint"):
     """Assigns a Haiku parameter tree to a model of this package.
 
@@ -430,21 +428,18 @@ def load_haiku_params(model, params, include_top=True, root="NFNet", source="che
         for name in entries
         if name not in used and (include_top or not name.startswith(head_prefix))
     )
-    if missing or unused or mismatched:
-        lines = []
-        if mismatched:
-            lines.append(_listing("shape mismatches", mismatched))
-        if missing:
-            lines.append(_listing("model weights missing from the checkpoint", missing))
-        if unused:
-            lines.append(_listing("checkpoint parameters the model does not use", unused))
-        raise ValueError(
-            f"Cannot load the Haiku checkpoint {source} into model "
-            f"'{model.name}' ({len(model.weights)} weights): is it the "
-            "checkpoint of this variant?\n" + "\n".join(lines)
-        )
-    for variable, value in assignments:
-        variable.assign(value.astype(variable.dtype))
+    assign_or_raise(
+        assignments,
+        [
+            ("shape mismatches", mismatched),
+            ("model weights missing from the checkpoint", missing),
+            ("checkpoint parameters the model does not use", unused),
+        ],
+        f"Cannot load the Haiku checkpoint {source} into model "
+        f"'{model.name}' ({len(model.weights)} weights): is it the "
+        "checkpoint of this variant?",
+        limit=_LISTING_LIMIT,
+    )
     return model
 
 

@@ -8,8 +8,7 @@ must find its tensor and every tensor must be used; otherwise nothing is
 assigned and the error lists the names on each side.
 
 The weights reproduce timm's outputs only when the Keras model was built
-with ``convention="timm"`` (exact GELU, timm's weight standardisation);
-`timm_model_kwargs` returns the constructor arguments for that.
+with ``convention="timm"`` (exact GELU, timm's weight standardisation).
 """
 
 import re
@@ -17,6 +16,7 @@ import re
 import numpy as np
 
 from nfnet_keras import layers as nf_layers
+from nfnet_keras.convert import assign_or_raise
 
 # Keras layer-name rules -> timm module prefix, for `dm_nfnet_*` (and the
 # package's tiny NFNet row, which has the same structure).
@@ -178,23 +178,14 @@ def load_timm_state_dict(model, state_dict, arch="dm_nfnet", skip=None):
     leftover = sorted(
         k for k in tensors if k not in used and not (skip_re and skip_re.match(k))
     )
-    if missing or leftover or mismatched:
-        lines = []
-        if missing:
-            lines.append("missing from the state dict:\n  " + "\n  ".join(missing))
-        if leftover:
-            lines.append("unused tensors of the state dict:\n  " + "\n  ".join(leftover))
-        if mismatched:
-            lines.append("shape mismatches:\n  " + "\n  ".join(mismatched))
-        raise ValueError(
-            f"Cannot load the timm state dict into model '{model.name}' "
-            f"({arch} rules):\n" + "\n".join(lines)
-        )
-    for variable, value in assignments:
-        variable.assign(value.astype(variable.dtype))
+    assign_or_raise(
+        assignments,
+        [
+            ("missing from the state dict", missing),
+            ("unused tensors of the state dict", leftover),
+            ("shape mismatches", mismatched),
+        ],
+        f"Cannot load the timm state dict into model '{model.name}' ({arch} rules):",
+    )
     return model
 
-
-def timm_model_kwargs():
-    """Constructor arguments that reproduce timm's forward pass."""
-    return {"convention": "timm"}
