@@ -7,33 +7,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timm import timm, torch  # noqa: E402
+from _timm import randomize_timm, timm, timm_outputs  # noqa: E402
 
 import nfnet_keras  # noqa: E402
 from nfnet_keras.convert.timm import load_timm_state_dict  # noqa: E402
-
-
-def randomize_timm(model, seed=0):
-    """Gives every parameter a non-trivial random value.
-
-    Skip gains are zero at init and gains one: left as they are they would
-    hide every residual-branch and gain bug.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("skipinit_gain"):
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            elif name.endswith(".gain"):
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-            elif p.ndim >= 2:
-                fan_in = int(np.prod(p.shape[1:]))
-                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(fan_in))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +18,11 @@ def timm_f0():
     return randomize_timm(timm.create_model("dm_nfnet_f0"))
 
 
-def _timm_outputs(model, images):
-    with torch.inference_mode():
-        x = torch.from_numpy(np.transpose(images, (0, 3, 1, 2)).copy())
-        features = model.forward_head(model.forward_features(x), pre_logits=True)
-        logits = model.forward_head(model.forward_features(x))
-    return features.numpy(), logits.numpy()
-
-
 @pytest.mark.parametrize("size", [(192, 192), (256, 256), (223, 255)])
 def test_nfnet_f0_matches_timm(timm_f0, size):
     rng = np.random.default_rng(1)
     images = rng.standard_normal((2, *size, 3)).astype("float32")
-    ref_features, ref_logits = _timm_outputs(timm_f0, images)
+    ref_features, ref_logits = timm_outputs(timm_f0, images)
 
     model = nfnet_keras.NFNetF0(
         input_shape=(*size, 3), classifier_activation=None, convention="timm"
@@ -80,7 +49,7 @@ def test_deeper_nfnets_match_timm(variant):
     # Every released variant's structure (depths) against timm, at 128 px.
     reference = randomize_timm(timm.create_model(f"dm_nfnet_{variant.lower()}"), seed=2)
     images = np.random.default_rng(3).standard_normal((1, 128, 128, 3)).astype("float32")
-    _, ref_logits = _timm_outputs(reference, images)
+    _, ref_logits = timm_outputs(reference, images)
     model = getattr(nfnet_keras, f"NFNet{variant}")(
         input_shape=(128, 128, 3), classifier_activation=None, convention="timm"
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timm import timm, torch  # noqa: E402
+from _timm import randomize_timm, timm, timm_outputs, torch  # noqa: E402
 
 import nfnet_keras  # noqa: E402
 from nfnet_keras.convert.timm import load_timm_state_dict  # noqa: E402
@@ -26,35 +26,6 @@ ARCHS = {
     "nf_regnet_b4": (nfnet_keras.TimmNFRegNetB4, "timm_nf_regnet"),
     "nf_regnet_b5": (nfnet_keras.TimmNFRegNetB5, "timm_nf_regnet"),
 }
-
-
-def randomize_timm(model, seed=0):
-    """Gives every parameter a non-trivial random value.
-
-    The last conv of each block has gain 0 at init (timm skipinit=False) and
-    every other gain 1, biases 0: left as they are they would hide every
-    residual-branch, gain and bias bug.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".gain"):
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-            else:
-                fan_in = int(np.prod(p.shape[1:]))
-                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(fan_in))
-    return model.eval()
-
-
-def _timm_outputs(model, images):
-    with torch.inference_mode():
-        x = torch.from_numpy(np.transpose(images, (0, 3, 1, 2)).copy())
-        features = model.forward_features(x)
-        pooled = model.forward_head(features, pre_logits=True)
-        logits = model.forward_head(features)
-    return pooled.numpy(), logits.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +75,7 @@ def test_matches_timm(timm_models, name, size):
 
     rng = np.random.default_rng(1)
     images = rng.standard_normal((2, *size, 3)).astype("float32")
-    ref_pooled, ref_logits = _timm_outputs(reference, images)
+    ref_pooled, ref_logits = timm_outputs(reference, images)
     logits = model.predict(images, verbose=0)
     pooled = features.predict(images, verbose=0)
 
