@@ -10,6 +10,8 @@ without clamping the bicubic overshoot, exactly as the reference does.
 
 import tensorflow as tf
 
+from nfnet_keras.imagenet_utils import resize_and_center_crop
+
 # The 32-px border of `resize_crop_32` (reference doc §8.1).
 EVAL_PADDING = 32
 
@@ -27,13 +29,9 @@ def eval_transform(image_bytes, image_size):
     """
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    resized = image_size + EVAL_PADDING
-    # Bicubic, no antialiasing: `tf.image.resize(image, size, BICUBIC)` as in
+    # Bicubic, no antialiasing, centre offset ((scaled - crop) + 1) // 2, as
     # deepmind-research `_decode_and_resize_then_crop`.
-    image = tf.image.resize(image, (resized, resized), method="bicubic")
-    # The reference's centre offset: ((scaled - crop) + 1) // 2.
-    offset = (EVAL_PADDING + 1) // 2
-    image = image[offset : offset + image_size, offset : offset + image_size, :]
+    image = resize_and_center_crop(image, image_size, image_size + EVAL_PADDING)
     return image / 255.0
 
 

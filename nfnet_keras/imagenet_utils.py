@@ -60,6 +60,38 @@ def preprocess_input(x, data_format=None):
     return (x - mean) / std
 
 
+def resize_and_center_crop(
+    images, size, resize, keep_aspect=False, antialias=False, interpolation="bicubic"
+):
+    """The evaluation resize-then-crop of the NF checkpoints (no normalisation).
+
+    Resizes so that both sides (``keep_aspect=False``, "squash") or the
+    shorter side (``keep_aspect=True``) equal `resize`, then takes the
+    centre ``size x size`` crop at deepmind-research's offset
+    ``(resized - size + 1) // 2`` (`nfnets/dataset.py`
+    `_decode_and_resize_then_crop`; reference doc §8.1). Bicubic without
+    antialiasing and without clamping is DeepMind's `resize_crop_32`
+    (``resize = size + 32``); timm resizes with antialiasing.
+
+    Args:
+        images: ``(H, W, 3)`` or ``(N, H, W, 3)``, any real or integer dtype.
+
+    Returns:
+        float32 ``(..., size, size, 3)``, in the input's value range.
+    """
+    x = ops.cast(ops.convert_to_tensor(images), "float32")
+    if keep_aspect:
+        height, width = int(x.shape[-3]), int(x.shape[-2])
+        scale = resize / min(height, width)
+        new_h = resize if height <= width else int(height * scale)
+        new_w = resize if width <= height else int(width * scale)
+    else:
+        new_h = new_w = resize
+    x = ops.image.resize(x, (new_h, new_w), interpolation=interpolation, antialias=antialias)
+    top, left = (new_h - size + 1) // 2, (new_w - size + 1) // 2
+    return x[..., top : top + size, left : left + size, :]
+
+
 def _class_index():
     global _CLASS_INDEX
     if _CLASS_INDEX is None:

@@ -39,7 +39,7 @@ import urllib.parse
 import keras
 from keras import ops
 
-from nfnet_keras.imagenet_utils import preprocess_input
+from nfnet_keras.imagenet_utils import preprocess_input, resize_and_center_crop
 
 # ---------------------------------------------------------------------------
 # Rows.
@@ -278,25 +278,15 @@ def eval_transform(images, variant, source="deepmind", normalize=True):
     """
     row = checkpoint(variant, source)
     t = row.eval_transform
-    x = ops.cast(ops.convert_to_tensor(images), "float32")
-    if len(x.shape) not in (3, 4) or x.shape[-1] != 3:
+    shape = tuple(ops.shape(images))
+    if len(shape) not in (3, 4) or shape[-1] != 3:
         raise ValueError(
             "`images` must have shape (H, W, 3) or (N, H, W, 3). "
-            f"Received: images with shape {tuple(x.shape)}"
+            f"Received: images with shape {shape}"
         )
-    height, width = int(x.shape[-3]), int(x.shape[-2])
-    if t.keep_aspect:
-        scale = t.resize / min(height, width)
-        new_h = t.resize if height <= width else int(height * scale)
-        new_w = t.resize if width <= height else int(width * scale)
-    else:
-        new_h = new_w = t.resize
-    x = ops.image.resize(
-        x, (new_h, new_w), interpolation=t.interpolation, antialias=t.antialias
+    x = resize_and_center_crop(
+        images, t.size, t.resize, t.keep_aspect, t.antialias, t.interpolation
     )
-    # Centre crop offsets of deepmind-research `_decode_and_resize_then_crop`.
-    top, left = (new_h - t.size + 1) // 2, (new_w - t.size + 1) // 2
-    x = x[..., top : top + t.size, left : left + t.size, :]
     return preprocess_input(x) if normalize else x
 
 

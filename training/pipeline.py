@@ -19,6 +19,8 @@ Images stay in [0, 255]: the models are built with
 import keras
 import tensorflow as tf
 
+from nfnet_keras.imagenet_utils import resize_and_center_crop
+
 # Inception-crop parameters (deepmind-research dataset.py; reference §8.1).
 MIN_OBJECT_COVERED = 0.1
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -44,10 +46,7 @@ def inception_crop(image, size, area_range=AREA_RANGE):
 
 def eval_transform(image, size, padding=32):
     """Squash-resize to (size + padding)^2 (bicubic), then centre crop size."""
-    full = size + padding
-    image = tf.image.resize(tf.cast(image, tf.float32), (full, full), method="bicubic")
-    offset = padding // 2
-    image = image[offset : offset + size, offset : offset + size, :]
+    image = resize_and_center_crop(image, size, size + padding)
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
