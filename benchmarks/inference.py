@@ -38,7 +38,9 @@ def bench_keras(model_name, size, batch, xla, train, warmup, repeats):
 
     import nfnet_keras
 
-    model = nfnet_keras.get_model(model_name, input_shape=(size, size, 3), classifier_activation=None)
+    model = nfnet_keras.get_model(
+        model_name, weights=None, input_shape=(size, size, 3), classifier_activation=None
+    )
     x = tf.constant(np.random.default_rng(0).standard_normal((batch, size, size, 3)), tf.float32)
     infer = tf.function(lambda t: model(t, training=False), jit_compile=xla)
     results = {"keras_infer_s": _median_seconds(lambda: infer(x).numpy(), warmup, repeats)}
@@ -66,8 +68,12 @@ def bench_timm(model_name, size, batch, train, warmup, repeats):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
     from _timm import timm, torch  # the test-only oracle, with its import shim
 
-    # timm names DeepMind's NFNets dm_nfnet_f*; the other families alike.
-    timm_name = "dm_" + model_name if model_name.startswith("nfnet_f") else model_name
+    from nfnet_keras.models import get_architecture
+
+    timm_name = get_architecture(model_name).timm_name
+    if timm_name is None:
+        print(f"timm has no model of {model_name}'s network; skipped")
+        return {}
     model = timm.create_model(timm_name).eval()
     x = torch.randn(batch, 3, size, size)
 

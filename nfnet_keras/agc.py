@@ -29,7 +29,11 @@ the optimizer's per-variable `update_step`: `NFModel` wraps the
 deepmind-research `nfnets/optim.py` `SGD_AGC` (reference doc §7.4).
 """
 
+import contextlib
 import math
+import sys
+import threading
+import warnings
 
 import keras
 from keras import ops
@@ -47,12 +51,34 @@ _GRAD_NORM_FLOOR = 1e-6
 # The classifier kernel is not clipped (paper §4.1 "we find it is beneficial
 # not to clip the final linear layer"); the reference still clips the
 # classifier bias (`experiment_nfnets.py` `_make_opt`, reference doc §7.3).
-DEFAULT_AGC_EXCLUDE = ("predictions/kernel",)
+# The classifier is found by structure (`classifier_layers`).
+# Layers without weights that may sit between the classifier and the output.
+_PASS_THROUGH = (
+    keras.layers.Activation,
+    keras.layers.Dropout,
+    keras.layers.Softmax,
+    keras.layers.Identity,
+    keras.layers.Rescaling,
+)
 # Kernels of Keras Dense (in, out), Conv1D (w, in, out), Conv2D (h, w, in,
 # out) and Conv3D (d, h, w, in, out): the output unit is the last axis.
 _MAX_RANK = 5
 
 _LOW_PRECISION = ("float16", "bfloat16")
+# Keras walks functional graphs recursively (building, saving, loading);
+# NFNet-F6/F7 are ~1,300 layers deep, past Python's default limit of 1,000.
+_RECURSION_LIMIT = 20_000
+
+
+@contextlib.contextmanager
+def deep_graph():
+    """Raises Python's recursion limit for the enclosed graph walk only."""
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, _RECURSION_LIMIT))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
 
 
 def unitwise_norm(x):
@@ -271,6 +297,51 @@ class _AGCState:
         self.skipped_steps.update_state(1.0 - weight)
 
 
+def _producer(tensor):
+    """The layer that computed a symbolic tensor of a functional graph.
+
+    `_keras_history` is the KerasTensor's record of its producer; Keras has
+    no public graph-walking API for it.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation
+
+
+def classifier_layers(model):
+    """The classifier of each output: the last `Dense` layer feeding it.
+
+    Walks back from each output through layers without weights (activation,
+    dropout, rescaling) and into nested functional models; an output whose
+    last weighted layer is not a `Dense` (a feature extractor) has none.
+    """
+    found = []
+    pending = list(model.outputs)
+    while pending:
+        layer = _producer(pending.pop())
+        if isinstance(layer, keras.layers.Dense):
+            if all(layer is not f for f in found):
+                found.append(layer)
+        elif isinstance(layer, keras.Model) and hasattr(layer, "outputs"):
+            found.extend(f for f in classifier_layers(layer) if all(f is not g for g in found))
+        elif isinstance(layer, _PASS_THROUGH):
+            pending.append(layer.input)
+    return found
+
+
+_STEP = threading.local()
+
+
+@contextlib.contextmanager
+def _agc_step():
+    """Marks the (trace of the) forward pass of an `NFModel` training step."""
+    previous = getattr(_STEP, "active", False)
+    _STEP.active = True
+    try:
+        yield
+    finally:
+        _STEP.active = previous
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class NFModel(keras.Model):
     """A functional Keras model whose `fit` applies Adaptive Gradient Clipping.
@@ -304,12 +375,16 @@ class NFModel(keras.Model):
             step then still guards against non-finite gradients and reports
             `grad_norm`). Default 0.01 (the paper's).
         agc_eps: floor of the weight norm (default 1e-3, the paper's).
+        pretrained_cfg: metadata of the architecture and checkpoint (input
+            size, mean/std, crop and interpolation, source, top-1), as
+            timm's `pretrained_cfg`; set by the constructors, kept by
+            `get_config`.
         agc_exclude: variables that are not clipped, as variable objects or
             strings; a string names a variable path (``"predictions/kernel"``)
             or a layer (``"predictions"`` = all its variables). `None` means
-            ``("predictions/kernel",)``: the classifier kernel is not clipped,
-            its bias is (deepmind-research `experiment_nfnets.py`; reference
-            doc §7.3). A given list replaces that default, and each entry
+            the kernel of the classifier -- the last `Dense` layer feeding
+            each output, whatever its name -- is not clipped, its bias is
+            (deepmind-research `experiment_nfnets.py`; reference doc §7.3). A given list replaces that default, and each entry
             must match some trainable variable.
         **kwargs: other `keras.Model` arguments.
     """
@@ -320,9 +395,11 @@ class NFModel(keras.Model):
         agc_clipping=DEFAULT_CLIPPING,
         agc_eps=DEFAULT_EPS,
         agc_exclude=None,
+        pretrained_cfg=None,
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
+        with deep_graph():
+            super().__init__(*args, **kwargs)
         _check_clip_arguments(agc_clipping, agc_eps, allow_none=True)
         self.agc_clipping = None if agc_clipping is None else float(agc_clipping)
         self.agc_eps = float(agc_eps)
@@ -331,6 +408,8 @@ class NFModel(keras.Model):
         # `make_train_function`; bypasses attribute tracking so that it is
         # neither saved nor checkpointed.
         object.__setattr__(self, "_agc_state_obj", None)
+        # A plain dict (not tracked): metadata, not state.
+        object.__setattr__(self, "pretrained_cfg", dict(pretrained_cfg or {}))
 
     # -- configuration -----------------------------------------------------
 
@@ -360,9 +439,8 @@ class NFModel(keras.Model):
     def _agc_excluded_variables(self):
         variables = self.trainable_variables
         if self.agc_exclude is None:
-            patterns, strict = DEFAULT_AGC_EXCLUDE, False
-        else:
-            patterns, strict = self.agc_exclude, True
+            return [layer.kernel for layer in classifier_layers(self)]
+        patterns, strict = self.agc_exclude, True
         excluded = []
         for pattern in patterns:
             matched = [v for v in variables if v.path == pattern or v.path.startswith(pattern + "/")]
@@ -376,15 +454,41 @@ class NFModel(keras.Model):
         return excluded
 
     def get_config(self):
-        config = super().get_config()
+        with deep_graph():
+            config = super().get_config()
         config.update(
             {
+                "pretrained_cfg": self.pretrained_cfg or None,
                 "agc_clipping": self.agc_clipping,
                 "agc_eps": self.agc_eps,
                 "agc_exclude": None if self.agc_exclude is None else list(self.agc_exclude),
             }
         )
         return config
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        if training and self.agc_clipping is not None and not getattr(_STEP, "active", False):
+            # Keras's call context names the outermost layer being called
+            # (no public accessor): another model is training this one.
+            from keras.src.backend.common import global_state
+
+            context = global_state.get_global_attribute("current_call_ctx")
+            if context is not None and context.entry_layer is not self:
+                self._warn_without_agc()
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def _warn_without_agc(self):
+        if getattr(self, "_warned_without_agc", False):
+            return
+        object.__setattr__(self, "_warned_without_agc", True)
+        warnings.warn(
+            f"The NF model '{self.name}' is being trained inside a model that does not "
+            "apply Adaptive Gradient Clipping (only `NFModel.fit` does). To keep AGC, "
+            "build the whole network as one NFModel: "
+            "`nfnet_keras.NFModel(backbone.input, head(backbone.output))`, or use "
+            "`nfnet_keras.from_preset(name, num_classes=...)`.",
+            stacklevel=2,
+        )
 
     # -- compile -----------------------------------------------------------
 
@@ -445,7 +549,7 @@ class NFModel(keras.Model):
         from keras.src.losses.loss import unscale_loss_for_distribution
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, _agc_step():
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
             self._loss_tracker.update_state(

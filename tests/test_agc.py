@@ -284,7 +284,7 @@ def test_mixed_float16_clips_unscaled_gradient(mixed_float16):
 
 
 def test_save_load_round_trip_keeps_agc_settings(tmp_path):
-    model = nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), classes=10, agc_clipping=0.02)
+    model = nfnet_keras.NFNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10, agc_clipping=0.02)
     assert model.agc_clipping == 0.02 and model.agc_eps == 1e-3 and model.agc_exclude is None
     model.compile(agc_eps=2e-3, agc_exclude=["predictions", "stem_conv0/gain"], optimizer=nfnet_keras.NFSGD(0.01), loss="sparse_categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)  # saved with its state
@@ -312,7 +312,7 @@ def test_tiny_nfnet_fits_small_dataset_and_head_kernel_never_clipped(monkeypatch
 
     monkeypatch.setattr(agc, "_clip_one", spy)
     keras.utils.set_random_seed(0)
-    model = nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), classes=10, stochastic_depth_rate=0.0, classifier_activation=None)
+    model = nfnet_keras.NFNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10, stochastic_depth_rate=0.0, classifier_activation=None)
     model.compile(optimizer=nfnet_keras.NFSGD(0.1, weight_decay=None), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.RandomState(0)
     x = rng.randn(16, 32, 32, 3).astype("float32")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import randomize  # noqa: E402 - tests/ is on sys.path
 from export import export as export_lib
 from export import folding
 from export import preprocessing
@@ -22,19 +23,6 @@ TOL = 1e-5  # float32 parity target of the export (issue text, reference doc §1
 TINY_SIZE = 32
 TINY_CLASSES = 10
 F0_SIZE = 64  # small, to keep the F0 structure test cheap; sizes are dynamic
-
-
-def _randomize(model, seed):
-    """Non-trivial weights: random gains and skip gains (init is 1 and 0)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, nf_layers.ScaledStdConv2D):
-            layer.gain.assign(rng.uniform(0.5, 1.5, layer.gain.shape).astype("float32"))
-            layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape).astype("float32"))
-        elif isinstance(layer, nf_layers.SkipGain):
-            layer.skip_gain.assign(np.float32(rng.uniform(0.5, 1.5)))
-        elif layer.name == "predictions":
-            layer.kernel.assign(rng.normal(0, 0.3, layer.kernel.shape).astype("float32"))
 
 
 def _images(batch, size, seed=0):
@@ -67,7 +55,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_weights(workdir):
     model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
-    _randomize(model, seed=1)
+    randomize(model, seed=1)
     path = str(workdir / "tiny.weights.h5")
     model.save_weights(path)
     return path
@@ -103,7 +91,7 @@ def tiny_features_folded(workdir, tiny_weights):
 def f0(workdir):
     """F0 structure (random weights) exported at 64 px."""
     model = export_lib.build_keras_model("nfnet_f0")
-    _randomize(model, seed=2)
+    randomize(model, seed=2)
     path = str(workdir / "f0")
     export_lib.save(model, path, output="classification", image_size=F0_SIZE)
     return model, path
@@ -308,7 +296,7 @@ def _ws_reference(kernel, gain, eps=1e-4):
 
 def test_fold_model_matches_unfolded_and_folds_scales():
     model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
-    _randomize(model, seed=11)
+    randomize(model, seed=11)
     x = _images(2, TINY_SIZE, seed=12)
     expected = model(x).numpy()
 
@@ -335,12 +323,12 @@ def test_fold_model_matches_unfolded_and_folds_scales():
     assert [l.name for l in folded.layers] == [l.name for l in model.layers]
 
 
-@pytest.mark.parametrize("name", ["nf_resnettiny", "nf_regnet_tiny"])
+@pytest.mark.parametrize("name", ["nf_resnet_tiny", "nf_regnet_tiny"])
 def test_fold_model_other_families(name):
     # NF-ResNet (no SE, max-pool stem) and NF-RegNet (SE in the middle of the
     # branch, zero-initialised head): the same folding rules apply.
     model = export_lib.build_keras_model(name, classes=TINY_CLASSES)
-    _randomize(model, seed=21)
+    randomize(model, seed=21)
     x = _images(2, TINY_SIZE, seed=22)
     expected = model(x).numpy()
     assert np.abs(expected).max() > 0.1
@@ -351,7 +339,7 @@ def test_fold_model_other_families(name):
 
 def test_fold_model_keeps_zero_skip_gain_blocks():
     model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
-    _randomize(model, seed=13)
+    randomize(model, seed=13)
     model.get_layer("stage2_block0_skip_gain").skip_gain.assign(0.0)
     x = _images(2, TINY_SIZE, seed=14)
     folded = folding.fold_model(model)

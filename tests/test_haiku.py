@@ -26,7 +26,9 @@ def tiny_tree():
 
 def tiny_model(**kwargs):
     kwargs.setdefault("classes", 10)
-    return nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), **kwargs)
+    return nfnet_keras.NFNet(
+        "tiny", input_shape=(32, 32, 3), **{"weights": None, "include_preprocessing": False, **kwargs}
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -276,7 +278,7 @@ def f0_models(f0_pickle):
     models = {}
     for convention in ("timm", "deepmind"):
         models[convention] = nfnet_keras.NFNetF0(
-            input_shape=(64, 64, 3),
+            include_preprocessing=False, input_shape=(64, 64, 3),
             classifier_activation=None,
             convention=convention,
             weights=str(f0_pickle),

@@ -97,7 +97,7 @@ def test_timm_checkpoint_refused_by_a_deepmind_architecture(tmp_path):
     path = str(tmp_path / "nf_resnet50.pth")
     torch.save(timm.create_model("nf_resnet26").state_dict(), path)
     with pytest.raises(ValueError, match="TimmNFResNet50"):
-        nfnet_keras.NFResNet("tiny", input_shape=(32, 32, 3), weights=path)
+        nfnet_keras.NFResNet("tiny", include_preprocessing=False, input_shape=(32, 32, 3), weights=path)
 
 
 def test_timm_nf_regnet_file_loads_into_the_timm_architecture(tmp_path):
@@ -109,7 +109,7 @@ def test_timm_nf_regnet_file_loads_into_the_timm_architecture(tmp_path):
             p.add_(torch.rand(p.shape) * 0.5)
     path = str(tmp_path / "nf_regnet_b0.pth")
     torch.save(reference.state_dict(), path)
-    model = nfnet_keras.TimmNFRegNetB0(input_shape=(64, 64, 3), classifier_activation=None, weights=path)
+    model = nfnet_keras.TimmNFRegNetB0(include_preprocessing=False, input_shape=(64, 64, 3), classifier_activation=None, weights=path)
     images = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
     with torch.inference_mode():
         expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
@@ -118,14 +118,14 @@ def test_timm_nf_regnet_file_loads_into_the_timm_architecture(tmp_path):
 
 
 def test_unknown_variant_has_no_imagenet_weights():
-    model = nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3))
+    model = nfnet_keras.NFNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match="No published ImageNet weights for variant='nfnet_f7'"):
         weights_lib.load_weights(model, "imagenet", variant="nfnet_f7", include_top=True)
 
 
 def test_imagenet_requires_1000_classes():
     with pytest.raises(ValueError, match="`classes` should be 1000"):
-        nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), weights="imagenet", classes=10)
+        nfnet_keras.NFNet("tiny", include_preprocessing=False, input_shape=(32, 32, 3), weights="imagenet", classes=10)
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +194,9 @@ def tiny_imagenet(tmp_path, monkeypatch):
 
 
 def _tiny(**kwargs):
-    return nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), **kwargs)
+    return nfnet_keras.NFNet(
+        "tiny", input_shape=(32, 32, 3), **{"weights": None, "include_preprocessing": False, **kwargs}
+    )
 
 
 def _assert_holds(model, tree):
