@@ -16,6 +16,7 @@ from export import export as export_lib
 from export import folding
 from export import preprocessing
 from nfnet_keras import layers as nf_layers
+from nfnet_keras.weights import deepmind_eval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -93,7 +94,7 @@ def f0(workdir):
     model = export_lib.build_keras_model("nfnet_f0")
     randomize(model, seed=2)
     path = str(workdir / "f0")
-    export_lib.save(model, path, output="classification", image_size=F0_SIZE)
+    export_lib.save(model, path, output="classification", transform=deepmind_eval(F0_SIZE))
     return model, path
 
 
@@ -113,13 +114,13 @@ def test_eval_transform_matches_deepmind_resize_then_crop(kind):
     image = tf.image.resize(image, scale_size, tf.image.ResizeMethod.BICUBIC)
     offset = ((scale_size[0] - size) + 1) // 2
     reference = tf.image.crop_to_bounding_box(image, offset, offset, size, size) / 255.0
-    out = preprocessing.eval_transform(tf.constant(data), size)
+    out = preprocessing.eval_transform(tf.constant(data), deepmind_eval(size))
     assert out.shape == (size, size, 3) and out.dtype == tf.float32
     np.testing.assert_allclose(out.numpy(), reference.numpy(), atol=1e-6)
     # A constant image stays constant under the bicubic squash and crop.
     flat = tf.io.encode_png(tf.fill([30, 50, 3], tf.constant(200, tf.uint8)))
     np.testing.assert_allclose(
-        preprocessing.eval_transform(flat, size).numpy(), 200 / 255.0, atol=1e-5
+        preprocessing.eval_transform(flat, deepmind_eval(size)).numpy(), 200 / 255.0, atol=1e-5
     )
 
 
@@ -162,7 +163,7 @@ def test_bytes_signature_equals_eval_transform_then_model(tiny, kind):
     data = [_encoded(kind, seed=4), _encoded(kind, height=80, width=33, seed=6)]
     loaded = tf.saved_model.load(tiny.saved_model_dir)
     out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(data))["logits"]
-    images = tf.stack([preprocessing.eval_transform(tf.constant(d), TINY_SIZE) for d in data])
+    images = tf.stack([preprocessing.eval_transform(tf.constant(d), deepmind_eval(TINY_SIZE)) for d in data])
     _close(out, tiny.keras_model(images, training=False).numpy())
 
 
@@ -387,7 +388,7 @@ def test_f0_export_round_trip_and_folding(f0):
     png = _encoded("png", seed=17)
     _close(
         loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))["logits"],
-        model(preprocessing.eval_transform(png, F0_SIZE)[None]).numpy(),
+        model(preprocessing.eval_transform(png, deepmind_eval(F0_SIZE))[None]).numpy(),
     )
     _close(folding.fold_model(model)(x), expected)
     layer = keras.layers.TFSMLayer(saved_model_dir, call_endpoint="serve")

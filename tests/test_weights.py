@@ -22,7 +22,8 @@ import _haiku_files as hf  # noqa: E402
 import nfnet_keras  # noqa: E402
 from nfnet_keras import weights as weights_lib  # noqa: E402
 from nfnet_keras.convert import cli  # noqa: E402
-from nfnet_keras.models import nfnet  # noqa: E402
+from nfnet_keras.models import get_architecture, list_models  # noqa: E402
+from nfnet_keras.weights import rows as rows_lib  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Registry.
@@ -34,9 +35,9 @@ def test_every_row_is_complete():
     for row in weights_lib.CHECKPOINTS:
         for field in dataclasses.fields(row):
             value = getattr(row, field.name)
-            assert value is not None and value != "", (row.variant, field.name)
-        assert (row.variant, row.source) not in seen
-        seen.add((row.variant, row.source))
+            assert value is not None and value != "", (row.name, field.name)
+        assert (row.architecture, row.source) not in seen
+        seen.add((row.architecture, row.source))
         assert row.url.startswith("https://")
         suffix = {"haiku": ".npz", "timm": ".pth"}[row.file_format]
         assert row.file_name.endswith(suffix)
@@ -58,8 +59,8 @@ def test_rows_agree_with_the_model_rows_and_with_timm():
 
     for row in weights_lib.CHECKPOINTS:
         t = row.eval_transform
-        if row.variant.startswith("nfnet_"):
-            model_row = nfnet.VARIANTS[row.variant.split("_")[1].upper()]
+        model_row = get_architecture(row.architecture)
+        if model_row.family == "nfnet":
             assert t.size == model_row.test_size
         if row.source == "deepmind":
             # resize_crop_32 (reference doc §8.1), README top-1 (§2).
@@ -67,11 +68,9 @@ def test_rows_agree_with_the_model_rows_and_with_timm():
             assert row.top1 == model_row.top1
             continue
         name = {
-            "timm_nf_resnet50": "nf_resnet50.ra2_in1k",
-            "timm_nf_regnet_b1": "nf_regnet_b1.ra2_in1k",
-        }.get(
-            row.variant, f"dm_{row.variant}.dm_in1k"
-        )
+            "timm_nf_resnet50.ra2_in1k": "nf_resnet50.ra2_in1k",
+            "timm_nf_regnet_b1.ra2_in1k": "nf_regnet_b1.ra2_in1k",
+        }.get(row.name, f"{model_row.timm_name}.dm_in1k")
         cfg = timm.models.get_pretrained_cfg(name)
         assert cfg.url == row.url
         assert cfg.test_input_size[-1] == t.size
@@ -80,13 +79,13 @@ def test_rows_agree_with_the_model_rows_and_with_timm():
         assert cfg.interpolation == "bicubic" and t.antialias
 
 
-def test_every_variant_resolves_to_a_constructor():
-    from nfnet_keras.models import MODELS
-
+def test_every_checkpoint_resolves_to_a_listed_model():
     for row in weights_lib.CHECKPOINTS:
-        constructor = weights_lib.resolve_constructor(row)
-        assert row.variant in MODELS
-        assert constructor is getattr(nfnet_keras, row.constructor.split(":")[1])
+        assert row.architecture in list_models(pretrained=True)
+        assert weights_lib.checkpoint(row.name) is row
+        constructor = getattr(nfnet_keras, get_architecture(row.architecture).constructor)
+        assert constructor.architecture.name == row.architecture
+    assert {row.name for row in weights_lib.CHECKPOINTS} >= {"nfnet_f0.dm_in1k", "nfnet_f0.timm"}
 
 
 def test_timm_checkpoint_refused_by_a_deepmind_architecture(tmp_path):
@@ -119,8 +118,8 @@ def test_timm_nf_regnet_file_loads_into_the_timm_architecture(tmp_path):
 
 def test_unknown_variant_has_no_imagenet_weights():
     model = nfnet_keras.NFNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3))
-    with pytest.raises(ValueError, match="No published ImageNet weights for variant='nfnet_f7'"):
-        weights_lib.load_weights(model, "imagenet", variant="nfnet_f7", include_top=True)
+    with pytest.raises(ValueError, match="No published ImageNet weights named 'nfnet_f7'"):
+        weights_lib.load_weights(model, "imagenet", get_architecture("nfnet_f7"), include_top=True)
 
 
 def test_imagenet_requires_1000_classes():
@@ -136,7 +135,7 @@ def test_deepmind_eval_transform_matches_the_reference_pipeline():
     import tensorflow as tf
 
     image = np.random.default_rng(0).integers(0, 256, (300, 411, 3), dtype=np.uint8)
-    out = np.asarray(weights_lib.eval_transform(image, "nfnet_f0"))
+    out = np.asarray(nfnet_keras.preprocess_input(weights_lib.checkpoint("nfnet_f0").eval_transform(image)))
     # deepmind-research `dataset._decode_and_resize_then_crop`, crop_pct=32:
     # resize to (256 + 32)^2 bicubic, crop offset ((288 - 256) + 1) // 2.
     ref = tf.image.resize(image, (288, 288), tf.image.ResizeMethod.BICUBIC)
@@ -147,14 +146,14 @@ def test_deepmind_eval_transform_matches_the_reference_pipeline():
 
 
 @pytest.mark.parametrize(
-    "variant,resize,crop", [("nfnet_f0", (284, 284), 256), ("timm_nf_resnet50", 306, 288)]
+    "name,resize,crop", [("nfnet_f0.timm", (284, 284), 256), ("timm_nf_resnet50", 306, 288)]
 )
-def test_timm_eval_transform_matches_torchvision(variant, resize, crop):
+def test_timm_eval_transform_matches_torchvision(name, resize, crop):
     from _timm import torch
     from torchvision import transforms
 
     image = np.random.default_rng(1).uniform(0, 255, (2, 300, 411, 3)).astype("float32")
-    out = np.asarray(weights_lib.eval_transform(image, variant, source="timm", normalize=False))
+    out = np.asarray(weights_lib.checkpoint(name).eval_transform(image))
     pipeline = transforms.Compose(
         [
             transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
@@ -181,12 +180,12 @@ def tiny_imagenet(tmp_path, monkeypatch):
     home = tmp_path / "keras_home"
     monkeypatch.setenv("KERAS_HOME", str(home))
 
-    published = weights_lib.CHECKPOINTS
+    published = rows_lib.CHECKPOINTS
 
     def install(**changes):
-        fields = dict(variant="nfnet_tiny", url=source.as_uri(), file_hash=md5)
+        fields = dict(architecture="nfnet_tiny", url=source.as_uri(), file_hash=md5)
         row = dataclasses.replace(weights_lib.checkpoint("nfnet_f0"), **(fields | changes))
-        monkeypatch.setattr(weights_lib, "CHECKPOINTS", published + (row,))
+        monkeypatch.setattr(rows_lib, "CHECKPOINTS", published + (row,))
         return row
 
     install()
@@ -398,7 +397,7 @@ def test_bad_weights_arguments(tmp_path):
     with pytest.raises(ValueError, match="`weights` argument should be either"):
         _tiny(classes=10, weights=str(tmp_path / "missing.npz"))
     with pytest.raises(TypeError, match="`weights` must be None"):
-        weights_lib.load_weights(_tiny(classes=10), 3, variant="nfnet_tiny", include_top=True)
+        weights_lib.load_weights(_tiny(classes=10), 3, get_architecture("nfnet_tiny"), include_top=True)
 
 
 # ---------------------------------------------------------------------------

@@ -32,7 +32,8 @@ def get_architecture(name):
     """The `Architecture` row called `name` (test rows included)."""
     if not isinstance(name, str) or name not in ARCHITECTURES:
         raise ValueError(
-            f"Unknown model name. Expected one of {list_models()}. Received: name={name!r}"
+            f"Unknown model name {name!r}. Expected one of {list_models()}. "
+            f"Received: name={name!r}"
         )
     return ARCHITECTURES[name]
 
