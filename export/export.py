@@ -43,9 +43,7 @@ from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD
 from nfnet_keras.layers import Normalize
 from nfnet_keras.models import registry
 
-from export import folding
-from export import model_card
-from export import preprocessing
+from . import folding, model_card, preprocessing
 
 OUTPUTS = ("classification", "feature_vector")
 OUTPUT_KEYS = {"classification": "logits", "feature_vector": "feature_vector"}

@@ -1,7 +1,7 @@
 """nfnet_keras: Normalizer-Free networks for Keras 3."""
 
 from nfnet_keras import layers, optimizers
-from nfnet_keras.agc import NFModel, adaptive_clip, unitwise_norm
+from nfnet_keras.agc import AGCOptimizer, NFModel, adaptive_clip, unitwise_norm
 from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
 from nfnet_keras.layers import (
     GammaAct,
@@ -53,6 +53,7 @@ from nfnet_keras.presets import from_preset
 __version__ = "0.1.0"
 
 __all__ = [
+    "AGCOptimizer",
     "GammaAct",
     "NFModel",
     "NFNet",

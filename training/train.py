@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 
 import nfnet_keras  # noqa: E402
 from nfnet_keras.optimizers import NFSGD  # noqa: E402
-from training import configs, datasets, pipeline  # noqa: E402
+from . import configs, datasets, pipeline  # noqa: E402
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 # Keras dtype policies: bfloat16 compute (TPU, recent CPUs/GPUs) or float16
@@ -234,7 +234,10 @@ def _train(args, extra_callbacks):
 
 
 def export_and_reload(config, source, weights_path, out):
-    from export import export as export_lib
+    try:  # installed: nfnet_keras.training next to nfnet_keras.export
+        from ..export import export as export_lib
+    except ImportError:  # a checkout: the top-level training/ next to export/
+        from export import export as export_lib
 
     export_dir = os.path.join(out, "export")
     export_lib.export(

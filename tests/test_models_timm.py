@@ -13,6 +13,7 @@ from _timm import randomize_timm, timm, timm_outputs, torch  # noqa: E402
 import nfnet_keras  # noqa: E402
 from nfnet_keras.convert.timm import load_timm_state_dict  # noqa: E402
 from nfnet_keras.models import builder  # noqa: E402
+from conftest import randomize  # noqa: E402
 
 # (Keras constructor, timm model name, converter rule set)
 ARCHS = {
@@ -155,10 +156,8 @@ def test_wrong_architecture_is_refused(timm_models):
 
 def test_saved_model_round_trip(tmp_path):
     model = nfnet_keras.TimmNFResNet26(weights=None, include_preprocessing=False, input_shape=(64, 64, 3), classifier_activation=None)
-    rng = np.random.default_rng(0)
-    for variable in model.weights:  # non-trivial values (last-conv gains are 0)
-        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
-    images = rng.standard_normal((1, 64, 64, 3)).astype("float32")
+    randomize(model)  # non-trivial values (last-conv gains are 0)
+    images = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
     path = str(tmp_path / "model.keras")
     model.save(path)
     restored = keras.saving.load_model(path)

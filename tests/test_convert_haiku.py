@@ -341,9 +341,11 @@ def timm_f0_files(tmp_path_factory):
 @pytest.mark.parametrize("suffix", ["pth", "safetensors"])
 def test_f0_timm_files_reproduce_timm(f0_models, timm_f0_files, f0_images, suffix):
     from nfnet_keras import weights as weights_lib
+    from nfnet_keras.models import get_architecture
 
     timm_model, folder = timm_f0_files
     model = f0_models["timm"]  # reloaded in place: these tests run last
-    weights_lib.load_weights(model, str(folder / f"dm_nfnet_f0.{suffix}"), "nfnet_f0", True)
+    path = str(folder / f"dm_nfnet_f0.{suffix}")
+    weights_lib.load_weights(model, path, get_architecture("nfnet_f0"), True)
     reference = _timm_logits(timm_model, f0_images)
     assert _relative(model.predict(f0_images, verbose=0), reference) <= 1e-4
