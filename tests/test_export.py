@@ -16,6 +16,7 @@ from export import export as export_lib
 from export import folding
 from export import preprocessing
 from nfnet_keras import layers as nf_layers
+import nfnet_keras
 from nfnet_keras.weights import deepmind_eval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -165,6 +166,38 @@ def test_bytes_signature_equals_eval_transform_then_model(tiny, kind):
     out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(data))["logits"]
     images = tf.stack([preprocessing.eval_transform(tf.constant(d), deepmind_eval(TINY_SIZE)) for d in data])
     _close(out, tiny.keras_model(images, training=False).numpy())
+
+
+def test_timm_bytes_signature_equals_timms_eval_transform_then_model(tmp_path):
+    """A timm_* export's `serving_bytes` is timm's evaluation (torchvision
+    Resize(int(S / crop_pct)) bicubic antialiased on the shorter side,
+    CenterCrop(S)) followed by the model."""
+    from _timm import torch
+    from torchvision import transforms
+
+    size = 64
+    transform = export_lib.model_eval_transform("timm_nf_resnet50", size)
+    row = nfnet_keras.weights.checkpoint("timm_nf_resnet50.ra2_in1k").eval_transform
+    assert transform == row.at_size(size) and transform.crop_pct == 0.94  # timm default_cfgs
+    model = randomize(export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES), seed=5)
+    path = str(tmp_path / "saved_model")
+    export_lib.save(model, path, output="classification", transform=transform)
+    # Odd margins (45x70 -> 68x105, crop 64: 41 columns) tell torchvision's
+    # centring from DeepMind's.
+    data = [_encoded("png", height=45, width=70, seed=8), _encoded("jpeg", height=90, width=61, seed=9)]
+    served = tf.saved_model.load(path).signatures["serving_bytes"](image_bytes=tf.constant(data))["logits"]
+    timm_eval = transforms.Compose(
+        [
+            transforms.Resize(int(size / 0.94), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+            transforms.CenterCrop(size),
+        ]
+    )
+    images = []
+    for encoded in data:
+        decoded = tf.io.decode_image(encoded, channels=3).numpy().astype("float32")
+        crop = timm_eval(torch.from_numpy(decoded.transpose(2, 0, 1).copy())).numpy()
+        images.append(crop.transpose(1, 2, 0) / 255.0)
+    _close(served, model(np.stack(images), training=False).numpy())
 
 
 def test_hub_load(tiny):

@@ -36,6 +36,7 @@ class EvalTransform:
     antialias: bool  # True: PIL-style area-aware resampling (timm); False: tf.image.resize (DeepMind)
     padding: int = 0  # resize = size + padding (DeepMind), when crop_pct is None
     crop_pct: float = None  # resize = int(size / crop_pct) (timm)
+    centre: str = "deepmind"  # crop offset of a margin d: (d + 1) // 2, or torchvision's round(d / 2)
     interpolation: str = "bicubic"  # both references evaluate with bicubic resizing
     mean: tuple = IMAGENET_MEAN  # normalisation of [0, 1] pixels (reference doc §3.1)
     std: tuple = IMAGENET_STD
@@ -53,7 +54,13 @@ class EvalTransform:
     def __call__(self, images):
         """``(H, W, 3)`` or ``(N, H, W, 3)`` images -> float32 crops, same value range."""
         return resize_and_center_crop(
-            images, self.size, self.resize, self.keep_aspect, self.antialias, self.interpolation
+            images,
+            self.size,
+            self.resize,
+            self.keep_aspect,
+            self.antialias,
+            self.interpolation,
+            self.centre,
         )
 
     def metadata(self):
@@ -79,4 +86,6 @@ def timm_eval(size, crop_pct=TIMM_DEFAULT_CROP_PCT, keep_aspect=True):
     """timm `transforms_imagenet_eval`: scale = floor(S / crop_pct), PIL
     bicubic resize (squash for crop_mode='squash', shorter side otherwise),
     centre crop S (timm `timm/data/transforms_factory.py`)."""
-    return EvalTransform(size, keep_aspect=keep_aspect, antialias=True, crop_pct=crop_pct)
+    return EvalTransform(
+        size, keep_aspect=keep_aspect, antialias=True, crop_pct=crop_pct, centre="torchvision"
+    )
