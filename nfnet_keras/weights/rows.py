@@ -131,46 +131,37 @@ def _f_rows():
     return rows
 
 
+def _timm_nf_row(architecture, file_name, crop_pct, top1, timm_tag):
+    """timm-trained weights of timm's own NF-ResNet / NF-RegNet (7x7 + max-pool
+    stem, D-style shortcuts, 8-rounded widths; reference doc §6), which are
+    not DeepMind's networks. timm default_cfgs: test 288, crop_mode 'center'
+    (shorter side); top-1 from timm results/results-imagenet.csv @288."""
+    return Checkpoint(
+        architecture=architecture,
+        tag="ra2_in1k",
+        source="timm",
+        url=_TIMM_NF + file_name,
+        file_format="timm",
+        file_hash=_timm_hash(file_name),
+        hash_algorithm="sha256",
+        hash_verified=False,
+        eval_transform=timm_eval(288, crop_pct, keep_aspect=True),
+        top1=top1,
+        top1_source=f"timm results/results-imagenet.csv ({timm_tag} @288)",
+        license=_TIMM_LICENSE,
+        citation=_NF_CITATION,
+    )
+
+
 CHECKPOINTS = tuple(
     _f_rows()
     + [
-        # timm-trained weights of timm's own NF-ResNet-50 and NF-RegNet-B1
-        # architectures (7x7 + max-pool stem, D-style shortcuts, 8-rounded
-        # widths; reference doc §6), which are not DeepMind's.
-        Checkpoint(
-            architecture="timm_nf_resnet50",
-            tag="ra2_in1k",
-            source="timm",
-            url=_TIMM_NF + "nf_resnet50_ra2-9f236009.pth",
-            file_format="timm",
-            file_hash="9f236009",
-            hash_algorithm="sha256",
-            hash_verified=False,
-            # timm default_cfgs 'nf_resnet50.ra2_in1k': test 288, crop_pct 0.94,
-            # crop_mode 'center' (shorter side).
-            eval_transform=timm_eval(288, 0.94, keep_aspect=True),
-            top1=80.658,
-            top1_source="timm results/results-imagenet.csv (nf_resnet50.ra2_in1k @288)",
-            license=_TIMM_LICENSE,
-            citation=_NF_CITATION,
-        ),
-        Checkpoint(
-            architecture="timm_nf_regnet_b1",
-            tag="ra2_in1k",
-            source="timm",
-            url=_TIMM_NF + "nf_regnet_b1_256_ra2-ad85cfef.pth",
-            file_format="timm",
-            file_hash="ad85cfef",
-            hash_algorithm="sha256",
-            hash_verified=False,
-            # timm default_cfgs 'nf_regnet_b1.ra2_in1k': test 288, crop_pct 0.9
-            # (the `_dcfg` default), crop_mode 'center'.
-            eval_transform=timm_eval(288, 0.9, keep_aspect=True),
-            top1=79.368,
-            top1_source="timm results/results-imagenet.csv (nf_regnet_b1.ra2_in1k @288)",
-            license=_TIMM_LICENSE,
-            citation=_NF_CITATION,
-        ),
+        # crop_pct 0.94 ('nf_resnet50.ra2_in1k'), 0.9 (the `_dcfg` default,
+        # 'nf_regnet_b1.ra2_in1k').
+        _timm_nf_row("timm_nf_resnet50", "nf_resnet50_ra2-9f236009.pth", 0.94, 80.658,
+                     "nf_resnet50.ra2_in1k"),
+        _timm_nf_row("timm_nf_regnet_b1", "nf_regnet_b1_256_ra2-ad85cfef.pth", 0.9, 79.368,
+                     "nf_regnet_b1.ra2_in1k"),
     ]
 )
 
