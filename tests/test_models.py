@@ -1,6 +1,5 @@
 """Model families: parameter counts, keras.applications contract, modes, saving."""
 
-import gc
 import os
 import sys
 

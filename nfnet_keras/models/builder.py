@@ -637,7 +637,7 @@ def build(
 ):
     """Builds the `NFModel` of the row `arch` (arguments: `BASE_DOCSTRING`)."""
     from nfnet_keras import weights as weights_lib
-    from nfnet_keras.agc import NFModel, deep_graph
+    from nfnet_keras.agc import NFModel
 
     # Phase 1: the arguments.
     convention = arch.convention if convention is None else convention
