@@ -4,6 +4,7 @@ from nfnet_keras import layers, optimizers
 from nfnet_keras.agc import AGCOptimizer, NFModel, adaptive_clip, unitwise_norm
 from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
 from nfnet_keras.layers import (
+    EfficientChannelAttention,
     GammaAct,
     ScaledStdConv2D,
     SkipGain,
@@ -48,12 +49,26 @@ from nfnet_keras.models import (
     get_model,
     list_models,
 )
+from nfnet_keras.models import (
+    NFNetL0,
+    ECANFNetL0,
+    ECANFNetL1,
+    ECANFNetL2,
+    ECANFNetL3,
+    NFSEResNet26,
+    NFSEResNet50,
+    NFSEResNet101,
+    NFECAResNet26,
+    NFECAResNet50,
+    NFECAResNet101,
+)
 from nfnet_keras.presets import from_preset
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AGCOptimizer",
+    "EfficientChannelAttention",
     "GammaAct",
     "NFModel",
     "NFNet",
@@ -103,4 +118,15 @@ __all__ = [
     "optimizers",
     "preprocess_input",
     "unitwise_norm",
+    "NFNetL0",
+    "ECANFNetL0",
+    "ECANFNetL1",
+    "ECANFNetL2",
+    "ECANFNetL3",
+    "NFSEResNet26",
+    "NFSEResNet50",
+    "NFSEResNet101",
+    "NFECAResNet26",
+    "NFECAResNet50",
+    "NFECAResNet101",
 ]

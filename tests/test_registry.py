@@ -17,7 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_list_models_hides_test_rows_and_round_trips():
     names = nfnet_keras.list_models()
     assert not any("tiny" in name for name in names)
-    assert len(names) == 28  # F0-F7, 5 + 3 NF-ResNets, 6 + 6 NF-RegNets
+    # F0-F7, 5 + 3 NF-ResNets, 6 + 6 NF-RegNets, timm's L0 + ECA-L0...L3,
+    # 3 SE + 3 ECA NF-ResNets
+    assert len(names) == 39
     for name in names:
         row = get_architecture(name)
         assert row.name == name and row.public

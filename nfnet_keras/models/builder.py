@@ -31,7 +31,7 @@ ALPHA = 0.2
 # five stride-2 stages leave a 1x1 map at 32 px.
 MIN_SIZE = 32
 STEMS = ("deep_quad", "7x7_pool", "3x3")
-ATTENTIONS = (None, "se")
+ATTENTIONS = (None, "se", "eca")
 SHORTCUTS = ("avgpool", "conv")
 DROP_PATH_SCHEDULES = ("deepmind", "timm")
 CLASSIFIER_INITIALIZERS = {
@@ -72,8 +72,8 @@ class Architecture:
     #   ratio 1 for the network's first block, attention on the middle width
     group_width: int = None  # channels per group of the 3x3 convs; None: not grouped
     extra_conv: bool = False  # a second grouped 3x3 conv (NFNet `conv1b`)
-    attention: str = None  # channel attention: None or "se"
-    attention_ratio: float = 0.0  # attention hidden width = ratio x its input width
+    attention: str = None  # channel attention: None, "se" or "eca" (Efficient Channel Attention)
+    attention_ratio: float = 0.0  # SE hidden width = ratio x its input width
     shortcut: str = "avgpool"  # projection: "avgpool" (2x2 pool, 1x1 conv) or "conv" (strided 1x1)
     width_factor: float = 1.0  # multiplier of `widths`
     channel_divisor: int = None  # None: widths truncated with int() (DeepMind);
@@ -505,6 +505,9 @@ def nf_block(x, factory, prefix, *, out_channels, mid_channels, groups, stride, 
     def attention(r):
         if arch.attention is None:
             return r
+        if arch.attention == "eca":
+            # timm `EcaModule` (`attn_layer='eca'`), kernel size from the width.
+            return nf_layers.EfficientChannelAttention(name=prefix + "eca")(r)
         base = r.shape[-1]
         if arch.channel_divisor is None:
             hidden = max(1, int(base * arch.attention_ratio))
