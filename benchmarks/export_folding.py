@@ -74,7 +74,8 @@ def main():
         ):
             path = os.path.join(workdir, name)
             root = export_lib.ReusableSavedModel(
-                saved, output="classification", image_size=args.image_size,
+                saved, output="classification",
+                transform=export_lib.model_eval_transform(args.model, args.image_size),
                 trainable=name == "unfolded",
             )
             root.trace()
