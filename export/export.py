@@ -37,11 +37,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import nfnet_keras
 from nfnet_keras.models import MODELS
 from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD
 from nfnet_keras.layers import Normalize
 
-from export import folding
 from export import model_card
 from export import preprocessing
 
@@ -232,7 +232,7 @@ def save(model, export_dir, *, output, image_size, fold=False):
             signatures' output).
         image_size: the side of the `serving_bytes` evaluation crop.
         fold: write the inference export: weight standardisation and
-            constant scales folded (`export.folding`), no trainable
+            constant scales folded (`nfnet_keras.fold_for_inference`), no trainable
             variables. Otherwise the raw, fine-tunable parameters.
 
     Returns:
@@ -241,7 +241,7 @@ def save(model, export_dir, *, output, image_size, fold=False):
     if output not in OUTPUTS:
         raise ValueError(f"`output` must be one of {OUTPUTS}. Received: output={output!r}")
     _check_image_size(image_size)
-    saved = folding.fold_model(model) if fold else model
+    saved = nfnet_keras.fold_for_inference(model) if fold else model
     root = ReusableSavedModel(saved, output=output, image_size=image_size, trainable=not fold)
     root.trace()
     if os.path.exists(export_dir):
