@@ -289,6 +289,21 @@ def test_bad_input_gives_clear_error(tiny, entry, images, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "shape, message",
+    [((64, 64, 3), "no batch axis"), ((1, 1, 64, 64, 3), "[batch, height, width, 3]"),
+     ((1, 64, 64), "[batch, height, width, 3]")],
+)
+def test_wrong_rank_is_named_before_other_checks(shape, message):
+    # Python callers meet the signature's rank-4 spec first; TF Serving does
+    # not check feed shapes, so the graph's own checks must name the rank
+    # before they read the height, width and channel axes.
+    checked = tf.function(export_lib._checked_images, input_signature=[tf.TensorSpec(None)])
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        checked(tf.zeros(shape))
+    assert message in str(info.value) and "pixels" not in str(info.value)
+
+
 def test_bad_bytes_gives_clear_error(tiny):
     loaded = tf.saved_model.load(tiny.saved_model_dir)
     with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
