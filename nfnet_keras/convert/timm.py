@@ -34,7 +34,7 @@ _DM_NFNET_RULES = [
 ]
 
 # timm's own NF-ResNet / NF-RegNet (`NormFreeNet` with `_nfres_cfg` /
-# `_nfreg_cfg`, built by `nfnet_keras.models.timm_variants`): one stem conv
+# `_nfreg_cfg`, built from the timm rows of `nfnet_keras.models`): one stem conv
 # `stem.conv`, no `conv2b`, no skip gain; SE is `attn` (middle, RegNet) or
 # `attn_last` (after conv3, ResNet).
 def _timm_nf_rules(se_module):
@@ -147,7 +147,7 @@ def load_timm_state_dict(model, state_dict, arch="dm_nfnet", skip=None):
         arch: the name-rule set; ``"dm_nfnet"`` for timm's `dm_nfnet_*`,
             ``"timm_nf_resnet"`` / ``"timm_nf_regnet"`` for timm's
             `nf_resnet*` / `nf_regnet_*` (models of
-            `nfnet_keras.models.timm_variants`).
+            `TimmNFResNet50`, `TimmNFRegNetB1`, ...).
         skip: optional regex of timm names allowed to stay unused (e.g. the
             head, ``r"head\\.fc\\."``, when loading into `include_top=False`).
 
