@@ -2,10 +2,12 @@
 
 from nfnet_keras import layers, optimizers
 from nfnet_keras.agc import AGCOptimizer, NFModel, adaptive_clip, unitwise_norm
+from nfnet_keras.folding import fold_for_inference
 from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
 from nfnet_keras.layers import (
     EfficientChannelAttention,
     GammaAct,
+    PerGroupConv2D,
     ScaledStdConv2D,
     SkipGain,
     SqueezeExcite,
@@ -94,6 +96,7 @@ __all__ = [
     "NFResNet152",
     "NFResNet200",
     "NFSGD",
+    "PerGroupConv2D",
     "ScaledStdConv2D",
     "SkipGain",
     "SqueezeExcite",
@@ -111,6 +114,7 @@ __all__ = [
     "TimmNFResNet101",
     "adaptive_clip",
     "decode_predictions",
+    "fold_for_inference",
     "from_preset",
     "get_model",
     "layers",

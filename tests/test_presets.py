@@ -114,3 +114,37 @@ def test_training_inside_a_plain_keras_model_warns_once(tiny_file):
         warnings.simplefilter("error")
         backbone.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         backbone.fit(x, y, epochs=1, batch_size=4, verbose=0)  # its own fit applies AGC
+
+
+@pytest.mark.slow  # builds NF-F0 twice and writes its 286 MB weights file
+def test_from_preset_nfnet_f0_with_a_converted_file(tmp_path):
+    source = randomize(nfnet_keras.get_model("nfnet_f0", weights=None), seed=7)
+    path = str(tmp_path / "F0.weights.h5")
+    source.save_weights(path)
+    model = nfnet_keras.from_preset(
+        "nfnet_f0", num_classes=10, weights=path, input_shape=(64, 64, 3),
+        dropout_rate=0.0, stochastic_depth_rate=0.0,
+    )
+    assert model.output.shape == (None, 10) and model.input.shape == (None, 64, 64, 3)
+    mine = {w.path: w for w in model.weights}
+    for w in source.weights:
+        if not w.path.startswith("predictions"):
+            np.testing.assert_array_equal(mine[w.path].numpy(), w.numpy(), err_msg=w.path)
+    x, y = _data(n=4)
+    x = tf.image.resize(x, (64, 64)).numpy()
+    head = model.get_layer("predictions")
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, model(x, training=True))
+    grads = dict(zip([v.path for v in variables], tape.gradient(loss, variables)))
+    before = {v.path: v.numpy() for v in variables}
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x, y)
+    kernel = head.kernel.path
+    np.testing.assert_allclose(head.kernel.numpy(), before[kernel] - 0.5 * grads[kernel].numpy(), atol=1e-6)
+    conv = "stage2_block0_conv1/kernel"
+    clipped = np.asarray(nfnet_keras.adaptive_clip(grads[conv], before[conv]))
+    assert np.abs(clipped - grads[conv].numpy()).max() > 0
+    np.testing.assert_allclose(
+        model.get_layer("stage2_block0_conv1").kernel.numpy(), before[conv] - 0.5 * clipped, atol=1e-6
+    )

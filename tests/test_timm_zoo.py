@@ -190,6 +190,6 @@ def test_file_of_another_architecture_is_refused(tmp_path):
         ("missing from the state dict", "stages.0.0.attn_last.fc1.weight"),
         ("unused tensors of the state dict", "stages.0.0.attn_last.conv.weight"),
         ("unused tensors of the state dict", "stages.3.5.conv3.weight"),
-        ("shape mismatches", "final_conv.weight: (3072, 1536, 1, 1)"),
+        ("shape mismatches", "final_conv.weight: file (3072, 1536, 1, 1), expected (2304, 1536, 1, 1)"),
     ]:
         assert heading in message and name in message, (heading, name)

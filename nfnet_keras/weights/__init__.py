@@ -3,7 +3,7 @@
 * `rows` — one `Checkpoint` row per published file (URL, hash, format,
   evaluation transform, top-1, licence, citation);
 * `transform` — `EvalTransform`, the one evaluation transform object;
-* `download` — `keras.utils.get_file` with hash checks;
+* `download` — atomic, locked, bounded, URL-keyed downloads with hash checks;
 * `readers` — the file formats;
 * `load` — `load_weights` and the converted-file cache.
 """

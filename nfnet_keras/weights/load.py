@@ -33,7 +33,7 @@ import re
 
 from nfnet_keras.weights import rows as rows_lib
 from nfnet_keras.weights.download import DownloadError, cached_path, download, file_name
-from nfnet_keras.weights.readers import file_kind, read_timm_file
+from nfnet_keras.weights.readers import file_kind, read_timm_file, validate_file
 from nfnet_keras.weights.transform import deepmind_eval, timm_eval
 
 _CACHE_FORMAT = 1  # bump when the layout of converted files changes
@@ -68,10 +68,15 @@ def load_source(model, path, arch, include_top=True, kind=None):
             skip=None if include_top else r"head\.fc\.",
         )
     elif kind == "keras":
-        model.load_weights(path)
+        _load_keras_file(model, path)
     else:  # pragma: no cover - file_kind raises first
         raise ValueError(f"Unknown checkpoint kind {kind!r}")
     return kind
+
+
+def _load_keras_file(model, path):
+    validate_file(path, "keras")
+    model.load_weights(path)
 
 
 # ---------------------------------------------------------------------------
@@ -146,11 +151,9 @@ def _load_downloaded(model, url, arch, include_top, file_hash, hash_algorithm):
     tag = _cache_tag(arch, fname, file_hash)
     if kind != "keras" and _load_cache(model, cached_path(url), include_top, tag):
         return model
-    path = download(url, file_hash, hash_algorithm)
+    path = download(url, file_hash, hash_algorithm, validate=lambda p: validate_file(p, kind))
     if kind == "keras":
-        model.load_weights(path)
-        return model
-    if _load_cache(model, path, include_top, tag):  # get_file fell back to /tmp
+        _load_keras_file(model, path)
         return model
     load_source(model, path, arch, include_top, kind)
     _write_cache(model, path, include_top, tag)

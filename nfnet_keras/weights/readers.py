@@ -1,6 +1,7 @@
 """The checkpoint file formats `weights=` accepts, told apart by name."""
 
 import os
+import re
 
 
 def file_kind(path):
@@ -27,7 +28,12 @@ def read_timm_file(path):
     if kind == "safetensors":
         from safetensors.numpy import load_file
 
-        return dict(load_file(path))
+        try:
+            return dict(load_file(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
+            raise ValueError(
+                f"Cannot read {path} as a safetensors file: {_first_line(e)}."
+            ) from None
     if kind != "torch":
         raise ValueError(f"{path!r} is not a .pth or .safetensors file.")
     try:
@@ -40,7 +46,13 @@ def read_timm_file(path):
         ) from e
     # weights_only=True: tensors and containers only, no code (PyTorch's
     # restricted unpickler).
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, EOFError, RuntimeError, ...
+        raise ValueError(
+            f"Cannot read {path} as a PyTorch state dict (a torch.save file of "
+            f"tensors, read with weights_only=True): {_torch_reason(e)}."
+        ) from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -56,3 +68,43 @@ def read_timm_file(path):
             value = value.float()
         out[key.removeprefix("module.")] = value.numpy()
     return out
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _torch_reason(error):
+    """The cause in torch's message, without its advice to load unsafely."""
+    if isinstance(error, EOFError):
+        return "the file is empty or ends early"
+    text = str(error)
+    match = re.search(r"unsupported GLOBAL (\S+)", text)
+    if match:
+        return f"it asks to run the Python object {match.group(1)}, which is refused"
+    match = re.search(r"Unsupported operand \d+", text)
+    if match:
+        return f"not a pickle of tensors ({match.group(0)})"
+    if "Weights only load failed" in text:
+        return "not a pickle of tensors"
+    return _first_line(error)
+
+
+def validate_file(path, kind=None):
+    """Raises `ValueError` (one line) unless `path` parses in its format."""
+    kind = kind or file_kind(path)
+    if kind == "haiku":
+        from nfnet_keras.convert.haiku import read_haiku_file
+
+        read_haiku_file(path)
+    elif kind in ("torch", "safetensors"):
+        read_timm_file(path)
+    else:
+        import h5py
+
+        try:
+            with h5py.File(path, "r"):
+                pass
+        except OSError as e:
+            raise ValueError(f"Cannot read {path} as a Keras .weights.h5 (HDF5) file: {e}.") from None
