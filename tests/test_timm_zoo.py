@@ -71,6 +71,15 @@ def test_eca_serialises_and_refuses_bad_kernel_sizes():
             nf_layers.EfficientChannelAttention(kernel_size=bad)
 
 
+def test_eca_model_reloads_from_a_keras_file(tmp_path):
+    inputs = keras.Input((5, 3, 200))
+    model = keras.Model(inputs, nf_layers.EfficientChannelAttention(name="eca")(inputs))
+    x = np.random.default_rng(0).standard_normal((2, 5, 3, 200)).astype("float32")
+    model.save(tmp_path / "eca.keras")
+    clone = keras.saving.load_model(tmp_path / "eca.keras")  # no custom_objects
+    np.testing.assert_array_equal(clone(x), model(x))
+
+
 # ---------------------------------------------------------------------------
 # The rows: names, constructors, exact parameter counts.
 
