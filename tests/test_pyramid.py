@@ -49,7 +49,7 @@ def test_pyramid_is_timms_features_only():
         )
     model = nfnet_keras.TimmNFResNet26(weights=None, include_top=False, include_preprocessing=False, input_shape=(67, 45, 3))
     load_timm_state_dict(model, reference.state_dict(), arch="timm_nf_resnet", skip=r"head\.fc\.")
-    features = keras.Model(model.inputs, model.pyramid_outputs)(images)
+    features = keras.Model(model.input, model.pyramid_outputs)(images)
     assert len(taps) == 5
     for i, tap in enumerate(taps, 1):
         expected = tap.numpy().transpose(0, 2, 3, 1)

@@ -152,7 +152,7 @@ def _parity(name, tmp_path, file_kind=None, size=SIZE, seed=0):
     assert np.abs(ref_logits).max() > 0.1  # the head is not trivially zero
     np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=_tolerance(ref_logits))
     # The pooled features, from the same layers.
-    pooled = keras.ops.convert_to_numpy(keras.Model(model.inputs, model.get_layer("avg_pool").output)(images))
+    pooled = keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer("avg_pool").output)(images))
     np.testing.assert_allclose(pooled, ref_pooled, rtol=0, atol=_tolerance(ref_pooled))
     return model
 
