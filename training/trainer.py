@@ -388,10 +388,12 @@ def _train(options, argv):
     warmup_steps = int(config.warmup_epochs * steps_per_epoch)
     freeze_steps = int(config.freeze_backbone_epochs * steps_per_epoch) if options.weights else 0
     out = options.out
+    fields = dataclasses.asdict(config)
     record = {
         "run": {
             **dataclasses.asdict(config),
-            **{k: v for k, v in options.flag_values.items() if k not in NEUTRAL_OPTIONS},
+            **{k: v for k, v in options.flag_values.items()
+               if k not in NEUTRAL_OPTIONS and k not in fields and k != "config_overrides"},
             "num_classes": source.num_classes,
             "class_names": list(source.class_names),
             "steps_per_epoch": steps_per_epoch,
@@ -515,18 +517,19 @@ def _train(options, argv):
         "eval": metrics,
         "best_accuracy": float(best.numpy()),
     }
-    if not cluster.is_chief:
-        return summary
-    weights_path = os.path.join(out, "model.weights.h5")
-    model.save_weights(weights_path)
-    model.save(os.path.join(out, "model.keras"))
-    summary["weights"] = weights_path
-    if not options.no_export:
-        # Exports are float32 whatever the training precision.
-        keras.mixed_precision.set_global_policy("float32")
-        summary.update(export_and_reload(config, source, weights_path, out))
-    checkpoints.write_json(os.path.join(out, checkpoints.SUMMARY_FILE), summary)
-    print(f"[done] {json.dumps(summary)}")
+    if cluster.is_chief:
+        weights_path = os.path.join(out, "model.weights.h5")
+        model.save_weights(weights_path)
+        model.save(os.path.join(out, "model.keras"))
+        summary["weights"] = weights_path
+        if not options.no_export:
+            # Exports are float32 whatever the training precision.
+            keras.mixed_precision.set_global_policy("float32")
+            summary.update(export_and_reload(config, source, weights_path, out))
+        checkpoints.write_json(os.path.join(out, checkpoints.SUMMARY_FILE), summary)
+        print(f"[done] {json.dumps(summary)}")
+    # The workers leave together, once the chief has written everything.
+    checkpoints.chief_agrees(strategy, cluster, True)
     return summary
 
 
