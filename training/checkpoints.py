@@ -149,7 +149,7 @@ class Checkpoints:
                     f"({str(error).splitlines()[0][:200]}). Pass --overwrite to start a new "
                     "run in --out, or choose another --out."
                 ) from None
-            except (tf.errors.OpError, AssertionError) as error:
+            except (tf.errors.OpError, AssertionError, IndexError, OSError) as error:
                 broken.append(path)
                 print(
                     f"[checkpoint] {path} cannot be read ({type(error).__name__}); "
