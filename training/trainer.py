@@ -437,7 +437,10 @@ def _train(options, argv):
     if new_head:
         print(f"[train] new classifier for {source.num_classes} classes; backbone from "
               f"{options.weights}")
-    ckpt = checkpoints.Checkpoints(out, cluster, model=model, optimizer=optimizer, best=best)
+    # `model` tracks the weights; the random states of its dropout and
+    # stochastic-depth layers (seed generators) are listed explicitly.
+    ckpt = checkpoints.Checkpoints(out, cluster, model=model, optimizer=optimizer, best=best,
+                                   model_state=list(model.non_trainable_variables))
     restored = ckpt.restore_latest()
     checkpoints.broadcast_from_chief(
         strategy, cluster, list(model.variables) + list(optimizer.variables) + [best]
