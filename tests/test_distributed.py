@@ -195,3 +195,15 @@ def test_trainer_on_two_workers_killed_and_restarted_equals_one_process(tmp_path
     assert ref.keys() == got.keys() and len(ref) > 50
     diff = max(float(np.max(np.abs(ref[k] - got[k]))) for k in ref)
     assert diff <= 1e-5, f"max |dw| = {diff}"
+
+
+def test_trainer_refuses_a_batch_that_does_not_split_over_the_workers(tmp_path):
+    logs = []
+    for proc in _workers(tmp_path, "--batch_size=15"):
+        out, _ = proc.communicate(timeout=TIMEOUT_S + 30)
+        assert proc.returncode == 2, out[-3000:]
+        logs.append(out)
+    for out in logs:
+        errors = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert errors == ["error: `--batch_size` (the global batch) must be divisible by the 2 "
+                          "replicas. Received: batch_size=15"]

@@ -343,3 +343,30 @@ def test_demo_recipe_learns_the_shapes(tmp_path):
     assert summary["eval"]["accuracy"] > 0.85
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["run"]["agc_clipping"] == 0.01
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_across_checkpoint_writes(tmp_path):
+    # Six kills at random times after the first checkpoint, with a checkpoint
+    # after every step: every rerun resumes, the last one finishes with the
+    # uninterrupted run's weights.
+    reference = _start(tmp_path / "reference", "--epochs=4")
+    rng = np.random.default_rng(0)
+    out = tmp_path / "killed"
+    for _ in range(6):
+        proc = _start(out, "--epochs=4")
+        index = out / "checkpoints" / "checkpoint"
+        while not index.exists() and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 3.0)))
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate(timeout=60)
+        assert "Traceback" not in log, log[-3000:]
+        if (out / "summary.json").exists():
+            break
+    if not (out / "summary.json").exists():
+        _finish(_start(out, "--epochs=4"))
+    _finish(reference)
+    diff = max(float(np.max(np.abs(x - y)))
+               for x, y in zip(_weights(tmp_path / "reference"), _weights(out)))
+    assert diff <= 1e-6

@@ -39,7 +39,11 @@ class Cluster:
     """This process's place in the strategy's cluster."""
 
     def __init__(self, strategy):
-        resolver = getattr(strategy, "cluster_resolver", None)
+        # Only multi-worker strategies have several Python processes (a TPU
+        # strategy's hosts are driven by this one process).
+        resolver = None
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            resolver = strategy.cluster_resolver
         spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
         self.task_type = getattr(resolver, "task_type", None)
         self.task_id = getattr(resolver, "task_id", None) or 0

@@ -235,7 +235,8 @@ def make_eval_step(strategy, model, num_classes):
     return step
 
 
-def evaluate(strategy, model, eval_ds, eval_step):
+def evaluate(eval_ds, eval_step):
+    """Top-1, top-5 and loss over the whole (sharded) test split."""
     totals = np.zeros(4)
     for batch in eval_ds:
         totals += eval_step(batch).numpy()
@@ -245,10 +246,11 @@ def evaluate(strategy, model, eval_ds, eval_step):
             "examples": int(totals[3])}
 
 
-def distributed_datasets(strategy, source, config, seed, start_step):
+def distributed_train_dataset(strategy, source, config, seed, start_step):
+    """Training batches from `start_step` on, one shard per input pipeline."""
     replicas = strategy.num_replicas_in_sync
 
-    def train_fn(context):
+    def dataset_fn(context):
         per_replica = context.get_per_replica_batch_size(config.batch_size)
         per_pipeline = replicas // context.num_input_pipelines
         return pipeline.make_train_dataset(
@@ -257,17 +259,17 @@ def distributed_datasets(strategy, source, config, seed, start_step):
             start_batch=start_step * per_pipeline,
         )
 
-    def eval_fn(context):
-        per_replica = context.get_per_replica_batch_size(config.batch_size)
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def distributed_eval_dataset(strategy, source, config):
+    def dataset_fn(context):
         return pipeline.make_eval_dataset(
-            source, config, per_replica,
+            source, config, context.get_per_replica_batch_size(config.batch_size),
             num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
         )
 
-    return (
-        strategy.distribute_datasets_from_function(train_fn),
-        strategy.distribute_datasets_from_function(eval_fn),
-    )
+    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -372,8 +374,8 @@ def _evaluate_only(options):
                     f"`--weights` {weights} has no classifier for the {source.num_classes} "
                     f"classes of {config.dataset}."
                 )
-    _, eval_ds = distributed_datasets(strategy, source, config, options.seed, 0)
-    metrics = evaluate(strategy, model, eval_ds, make_eval_step(strategy, model, source.num_classes))
+    eval_ds = distributed_eval_dataset(strategy, source, config)
+    metrics = evaluate(eval_ds, make_eval_step(strategy, model, source.num_classes))
     print(f"[eval] {weights} on {config.dataset}: {json.dumps(metrics)}")
     return metrics
 
@@ -449,8 +451,8 @@ def _train(options, argv):
     if restored:
         print(f"[train] resuming from step {start_step} of {restored}", flush=True)
 
-    train_ds, eval_ds = distributed_datasets(strategy, source, config, options.seed, start_step)
-    iterator = iter(train_ds)
+    iterator = iter(distributed_train_dataset(strategy, source, config, options.seed, start_step))
+    eval_ds = distributed_eval_dataset(strategy, source, config)
     eval_step = make_eval_step(strategy, model, source.num_classes)
     ema = keras.callbacks.SwapEMAWeights() if config.ema_decay is not None else None
     if ema is not None:
@@ -480,7 +482,7 @@ def _train(options, argv):
         started = time.time()
         steps_this_epoch = 0
         while step < end:
-            if step == freeze_steps and freeze_steps > 0:
+            if step == freeze_steps > start_step:
                 train_step = set_phase(step)
             logs = {k: float(v) for k, v in train_step(iterator).items()}
             step += 1
@@ -492,7 +494,7 @@ def _train(options, argv):
         _check_finite_epoch(logs, steps_this_epoch, epoch)
         if ema is not None:
             ema.on_test_begin()
-        val = evaluate(strategy, model, eval_ds, eval_step)
+        val = evaluate(eval_ds, eval_step)
         if cluster.is_chief and val["accuracy"] > float(best.numpy()):
             model.save(os.path.join(out, "best.keras"))
         if ema is not None:
@@ -510,7 +512,7 @@ def _train(options, argv):
 
     if ema is not None:
         optimizer.finalize_variable_values(model.trainable_variables)
-    metrics = evaluate(strategy, model, eval_ds, eval_step)
+    metrics = evaluate(eval_ds, eval_step)
     print(f"[eval] {'EMA ' if config.ema_decay else ''}weights: {json.dumps(metrics)}")
     summary = {
         "precision": options.precision,
