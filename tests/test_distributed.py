@@ -1,8 +1,10 @@
-"""AGC under tf.distribute: the update is the one of the global batch.
+"""AGC and the trainer under tf.distribute: the update is the global batch's.
 
-Each check runs tests/dist_worker.py in fresh processes (logical CPU devices
-must be set before TensorFlow starts), bounded with `timeout -k` because
-TensorFlow collectives can hang and ignore SIGTERM (env-findings §4).
+The AGC checks run tests/dist_worker.py in fresh processes (logical CPU
+devices must be set before TensorFlow starts); the trainer checks run
+`python -m training.train` as two MultiWorkerMirroredStrategy workers on
+127.0.0.1. Every process is bounded with `timeout -k` because TensorFlow
+collectives can hang and ignore SIGTERM (env-findings §4).
 """
 
 import json

@@ -313,6 +313,7 @@ def test_fine_tune_from_a_weights_file_on_an_image_folder(finished, tmp_path, ca
     err = fails(capsys, "--config=demo", "--config.model='nf_resnet26'", "--dataset=folder",
                 f"--data_dir={root}", f"--weights={weights}", f"--out={tmp_path / 'other'}")
     assert weights in err and "nf_resnet26" in err
+    assert not (tmp_path / "other" / "config.json").exists()  # a corrected rerun may start
 
 
 def test_mixed_bfloat16_training_exports_float32(tmp_path):

@@ -3,7 +3,8 @@
 * `config.json` records the run (the recipe and every flag that changes the
   result). A new command on the same `--out` resumes only when the record
   matches, and never replaces a finished run (`summary.json`), unless
-  `--overwrite` is given. The file is written before training, atomically.
+  `--overwrite` is given. The file is written atomically once the model is
+  built and restored, before training.
 * Checkpoints are `tf.train.Checkpoint`s of the model (its weights and the
   random states of its dropout / stochastic-depth layers), the optimizer
   (step, momenta, EMA, loss scale) and the run's counters, kept by
@@ -71,7 +72,8 @@ def prepare(out, record, overwrite):
     """Checks `out` against the run `record` (chief only); raises ValueError.
 
     `record["run"]` holds what changes the result; the rest (strategy,
-    versions, command line) is information. Writes `config.json`.
+    versions, command line) is information. The caller writes the record
+    (`write_json`) once the model is built and restored.
     """
     os.makedirs(out, exist_ok=True)
     config_path = os.path.join(out, CONFIG_FILE)
@@ -105,7 +107,6 @@ def prepare(out, record, overwrite):
                 f"`--out` {out} holds a run with another configuration ({shown}). "
                 "Pass --overwrite to start a new run there, or choose another --out."
             )
-    write_json(config_path, record)
 
 
 class Checkpoints:

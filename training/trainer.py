@@ -302,13 +302,16 @@ class _Progress:
         self.bar = None
 
     def epoch_begin(self, epoch, epochs):
+        self.bar = None
         if self.verbose == 1:
             print(f"Epoch {epoch + 1}/{epochs}")
-            self.bar = keras.utils.Progbar(self.steps_per_epoch)
 
     def step(self, step_in_epoch, logs):
-        if self.bar is not None:
-            self.bar.update(step_in_epoch, [(k, float(v)) for k, v in logs.items()])
+        if self.verbose != 1:
+            return
+        if self.bar is None:  # the logs are running means already
+            self.bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=list(logs))
+        self.bar.update(step_in_epoch, list(logs.items()))
 
     def epoch_end(self, epoch, epochs, logs, val, seconds):
         if self.verbose:
@@ -448,6 +451,8 @@ def _train(options, argv):
         strategy, cluster, list(model.variables) + list(optimizer.variables) + [best]
     )
     start_step = int(optimizer.iterations.numpy())
+    if cluster.is_chief:
+        checkpoints.write_json(os.path.join(out, checkpoints.CONFIG_FILE), record)
     if restored:
         print(f"[train] resuming from step {start_step} of {restored}", flush=True)
 
