@@ -23,6 +23,9 @@ from absl import flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+# Keras dtype policies: bfloat16 compute (TPU, recent CPUs/GPUs) or float16
+# with loss scaling (GPUs); variables, weight standardisation, AGC and EMA
+# stay float32 (design.md "Scale").
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 _CONFIG_PREFIX = "--config."
 

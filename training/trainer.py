@@ -37,11 +37,6 @@ from nfnet_keras.optimizers import NFSGD
 from training import checkpoints, datasets, pipeline
 from training.train import TrainingError
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-# Keras dtype policies: bfloat16 compute (TPU, recent CPUs/GPUs) or float16
-# with loss scaling (GPUs); variables, weight standardisation, AGC and EMA
-# stay float32 (design.md "Scale").
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Top-k accuracy reported next to top-1 (the ImageNet convention).
 TOP_K = 5
 # Options that do not change the trained weights: a run may resume with
