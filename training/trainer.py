@@ -128,51 +128,36 @@ def set_backbone_trainable(model, trainable):
             layer.trainable = trainable
 
 
-@keras.saving.register_keras_serializable(package="nfnet_training")
-class ScaledAfter(keras.optimizers.schedules.LearningRateSchedule):
-    """`schedule(step)`, times `factor` from step `boundary` on.
+class LearningRate:
+    """The learning rate of each step.
 
-    The fine-tuning recipe: the backbone is unfrozen at `boundary` and
-    trained on at a lower learning rate (Keras's transfer-learning guide).
+    Linear warm-up from 0 then cosine to 0 (deepmind-research
+    WarmupCosineDecay; reference doc §8.1), of the 0-based step count, so
+    the first update uses lr 0 as in the reference; when fine-tuning, times
+    `unfrozen_lr_scale` once the backbone is unfrozen at `freeze_steps`
+    (Keras's transfer-learning guide). The loop assigns it to the
+    optimizer's learning-rate variable before each step, so that saved
+    models hold a plain optimizer.
     """
 
-    def __init__(self, schedule, boundary, factor):
-        self.schedule = schedule
-        self.boundary = boundary
-        self.factor = factor
+    def __init__(self, config, total_steps, warmup_steps, freeze_steps=0):
+        self.schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0,
+            decay_steps=max(1, total_steps - warmup_steps),
+            warmup_target=config.peak_lr,
+            warmup_steps=warmup_steps,
+        )
+        self.freeze_steps = freeze_steps
+        self.unfrozen_scale = config.unfrozen_lr_scale
 
     def __call__(self, step):
-        lr = self.schedule(step)
-        return tf.where(tf.cast(step, tf.int64) >= self.boundary, lr * self.factor, lr)
-
-    def get_config(self):
-        return {
-            "schedule": keras.saving.serialize_keras_object(self.schedule),
-            "boundary": self.boundary,
-            "factor": self.factor,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
-        return cls(**config)
+        lr = float(self.schedule(step))
+        return lr * self.unfrozen_scale if 0 < self.freeze_steps <= step else lr
 
 
-def make_optimizer(config, total_steps, warmup_steps, freeze_steps=0):
-    # Linear warm-up from 0 then cosine to 0 (deepmind-research
-    # WarmupCosineDecay; reference doc §8.1), stepped with the 0-based
-    # iteration count, so the first update uses lr 0 as in the reference.
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=max(1, total_steps - warmup_steps),
-        warmup_target=config.peak_lr,
-        warmup_steps=warmup_steps,
-    )
-    if freeze_steps > 0:
-        schedule = ScaledAfter(schedule, freeze_steps, config.unfrozen_lr_scale)
+def make_optimizer(config):
     return NFSGD(
-        learning_rate=schedule,
+        learning_rate=0.0,  # set before each step from `LearningRate`
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
@@ -425,8 +410,12 @@ def _train(options, argv):
 
     with strategy.scope():
         model, new_head = build_model(config, source.num_classes, options.weights)
-        optimizer = make_optimizer(config, total_steps, warmup_steps, freeze_steps)
-        compile_model(model, optimizer, config, new_head)
+        if options.precision != "float32":
+            # Float32 logits (Keras's mixed-precision guide): a stable loss,
+            # and top-k metrics, which TensorFlow computes in float32 only.
+            classifier(model).dtype_policy = "float32"
+        compile_model(model, make_optimizer(config), config, new_head)
+        optimizer = model.optimizer  # a LossScaleOptimizer around it for mixed_float16
         optimizer.build(model.trainable_variables)  # slots of every variable
         # Creates the metrics' variables outside the distributed step.
         x = tf.zeros((1, config.train_size, config.train_size, 3))
@@ -434,18 +423,21 @@ def _train(options, argv):
         model.compute_metrics(x, y, model(x, training=False))
         model.reset_metrics()
         best = tf.Variable(-1.0, trainable=False, name="best_accuracy")
+        # Steps run (optimizer.iterations does not count skipped steps).
+        step_count = tf.Variable(0, trainable=False, dtype=tf.int64, name="step")
     if new_head:
         print(f"[train] new classifier for {source.num_classes} classes; backbone from "
               f"{options.weights}")
     # `model` tracks the weights; the random states of its dropout and
     # stochastic-depth layers (seed generators) are listed explicitly.
     ckpt = checkpoints.Checkpoints(out, cluster, model=model, optimizer=optimizer, best=best,
-                                   model_state=list(model.non_trainable_variables))
+                                   step=step_count, model_state=list(model.non_trainable_variables))
     restored = ckpt.restore_latest()
     checkpoints.broadcast_from_chief(
-        strategy, cluster, list(model.variables) + list(optimizer.variables) + [best]
+        strategy, cluster,
+        list(model.variables) + list(optimizer.variables) + [best, step_count],
     )
-    start_step = int(optimizer.iterations.numpy())
+    start_step = int(step_count.numpy())
     if cluster.is_chief:
         checkpoints.write_json(os.path.join(out, checkpoints.CONFIG_FILE), record)
     if restored:
@@ -469,6 +461,7 @@ def _train(options, argv):
         return make_train_step(strategy, model)
 
     train_step = set_phase(start_step)
+    learning_rate = LearningRate(config, total_steps, warmup_steps, freeze_steps)
     progress = _Progress(options.verbose, steps_per_epoch)
     step = start_step
     logs, val = {}, {}
@@ -484,11 +477,13 @@ def _train(options, argv):
         while step < end:
             if step == freeze_steps > start_step:
                 train_step = set_phase(step)
+            optimizer.learning_rate = learning_rate(step)
             logs = {k: float(v) for k, v in train_step(iterator).items()}
             step += 1
             steps_this_epoch += 1
             progress.step(step - epoch * steps_per_epoch, logs)
             if step % config.checkpoint_every_steps == 0 and step < end:
+                step_count.assign(step)
                 ckpt.save(step)
         train_seconds += time.time() - started
         _check_finite_epoch(logs, steps_this_epoch, epoch)
@@ -500,10 +495,11 @@ def _train(options, argv):
         if ema is not None:
             ema.on_test_end()
         best.assign(max(float(best.numpy()), val["accuracy"]))
+        step_count.assign(step)
         ckpt.save(step)  # after the evaluation, so a resume does not repeat it
         progress.epoch_end(epoch, epochs, logs, val, time.time() - started)
         if writers:
-            lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            lr = learning_rate(step - 1)
             for name, values in (("train", {**logs, "learning_rate": lr}), ("validation", val)):
                 with writers[name].as_default(step=step):
                     for key, value in values.items():
@@ -516,7 +512,8 @@ def _train(options, argv):
     print(f"[eval] {'EMA ' if config.ema_decay else ''}weights: {json.dumps(metrics)}")
     summary = {
         "precision": options.precision,
-        "steps": int(optimizer.iterations.numpy()),
+        "steps": step,
+        "skipped_steps": step - int(optimizer.iterations.numpy()),
         "train_seconds": round(train_seconds, 1),
         "final_train_loss": logs.get("loss", float("nan")),
         "eval": metrics,
