@@ -68,16 +68,17 @@ def make_strategy(name, tpu_address=None):
 # ---------------------------------------------------------------------------
 
 
-def _model_kwargs(config, num_classes):
-    return dict(
+def _get_model(config, weights, **kwargs):
+    return nfnet_keras.get_model(
+        config.model,
+        weights=weights,
         # A dynamic input size: trained at train_size, evaluated at test_size.
         input_tensor=keras.Input((None, None, 3), name="images"),
-        classes=num_classes,
-        classifier_activation=None,  # logits; the loss applies the softmax
         include_preprocessing=True,  # pipelines give [0, 255] RGB
         agc_clipping=config.agc_clipping,
         dropout_rate=config.dropout_rate,
         stochastic_depth_rate=config.stochastic_depth_rate,
+        **kwargs,
     )
 
 
@@ -88,20 +89,18 @@ def build_model(config, num_classes, weights=None):
     model is loaded when the checkpoint's classifier fits `num_classes`;
     otherwise the backbone is loaded and the classifier is new.
     """
-    kwargs = _model_kwargs(config, num_classes)
-    model = nfnet_keras.get_model(config.model, weights=None, **kwargs)
+    # Logits: the loss applies the softmax.
+    head = dict(classes=num_classes, classifier_activation=None)
+    if weights is not None:
+        try:
+            return _get_model(config, weights, **head), False
+        except Exception:  # noqa: BLE001 - the classifier does not fit: a new head
+            pass
+    model = _get_model(config, None, **head)
     if weights is None:
         return model, False
     try:
-        if not (weights == "imagenet" and num_classes != 1000):
-            return nfnet_keras.get_model(config.model, weights=weights, **kwargs), False
-    except Exception:  # noqa: BLE001 - the classifier does not fit: a new head
-        pass
-    try:
-        backbone = nfnet_keras.get_model(
-            config.model, weights=weights, include_top=False,
-            **{k: v for k, v in kwargs.items() if k not in ("classes", "classifier_activation")},
-        )
+        backbone = _get_model(config, weights, include_top=False)
     except Exception as error:  # noqa: BLE001 - any converter/loader error
         raise ValueError(
             f"`--weights` {weights} does not fit model {config.model}: "
