@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -89,6 +90,14 @@ def build_model(config, num_classes, weights=None):
     model is loaded when the checkpoint's classifier fits `num_classes`;
     otherwise the backbone is loaded and the classifier is new.
     """
+    with warnings.catch_warnings():
+        # Keras warns about the entries of a full-model file that a model
+        # without classifier lacks; every backbone weight is loaded (tested).
+        warnings.filterwarnings("ignore", message="Skipping nested container")
+        return _build_model(config, num_classes, weights)
+
+
+def _build_model(config, num_classes, weights):
     # Logits: the loss applies the softmax.
     head = dict(classes=num_classes, classifier_activation=None)
     if weights is not None:
