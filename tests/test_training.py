@@ -371,3 +371,20 @@ def test_kill_9_at_random_moments_across_checkpoint_writes(tmp_path):
     diff = max(float(np.max(np.abs(x - y)))
                for x, y in zip(_weights(tmp_path / "reference"), _weights(out)))
     assert diff <= 1e-6
+
+
+def test_eval_shards_are_padded_to_the_same_whole_steps():
+    source = datasets.shapes(num_train=8, num_test=13)
+    config = train.resolve_config(train.parse(["--config=demo"])[0])
+    shards = [
+        list(pipeline.make_eval_dataset(source, config, 2, num_shards=2, shard_index=i,
+                                        batches_per_step=2).as_numpy_iterator())
+        for i in range(2)
+    ]
+    # 7 and 6 examples -> 8 each: two steps of two full batches per worker.
+    assert [len(s) for s in shards] == [4, 4]
+    assert all(images.shape == (2, 32, 32, 3) for s in shards for images, _ in s)
+    labels = np.concatenate([labels for s in shards for _, labels in s])
+    real = labels[labels != pipeline.PADDING_LABEL]
+    _, expected = datasets.make_shapes(13, seed=1)
+    assert sorted(real) == sorted(expected)  # every test example once

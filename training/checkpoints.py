@@ -176,11 +176,14 @@ def chief_agrees(strategy, cluster, ok):
         return ok
     vote = 0.0 if (ok or not cluster.is_chief) else 1.0
 
-    def replica_fn():
-        return tf.distribute.get_replica_context().all_reduce("sum", tf.constant(vote))
+    @tf.function
+    def votes():
+        def replica_fn():
+            return tf.distribute.get_replica_context().all_reduce("sum", tf.constant(vote))
 
-    result = strategy.experimental_local_results(strategy.run(replica_fn))[0]
-    return float(result) == 0.0
+        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+
+    return float(votes()) == 0.0
 
 
 def broadcast_from_chief(strategy, cluster, variables):

@@ -198,8 +198,23 @@ def make_train_dataset(source, config, batch_size, seed=0, num_shards=1, shard_i
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(source, config, batch_size, num_shards=1, shard_index=0):
-    """Eval batches of one shard: (images, integer labels), last batch partial."""
+# Label of the padding examples that even out the eval shards.
+PADDING_LABEL = -1
+
+
+def make_eval_dataset(source, config, batch_size, num_shards=1, shard_index=0, batches_per_step=1):
+    """Eval batches of one shard: (images, integer labels), all full.
+
+    Every shard is padded with blank examples labelled `PADDING_LABEL` to
+    the same number of whole steps (`batches_per_step` batches each), so
+    that every replica of every worker gets a batch at every eval step:
+    a replica left without data would get an empty batch, which the model
+    cannot run, and TPUs need static shapes.
+    """
+    per_step = batch_size * batches_per_step
+    largest = -(-source.num_test // num_shards)  # ceil
+    total = -(-largest // per_step) * per_step
+    count = len(range(shard_index, source.num_test, num_shards))
     ds = source.test(num_shards, shard_index).map(
         lambda image, label: (
             eval_transform(image, config.test_size, config.eval_padding),
@@ -207,4 +222,6 @@ def make_eval_dataset(source, config, batch_size, num_shards=1, shard_index=0):
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    blank = (tf.zeros([config.test_size, config.test_size, 3]), tf.constant(PADDING_LABEL))
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(total - count))
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -208,15 +208,17 @@ def make_eval_step(strategy, model, num_classes):
 
     def replica_fn(images, labels):
         logits = tf.cast(model(images, training=False), tf.float32)
+        real = tf.cast(labels != pipeline.PADDING_LABEL, tf.float32)
+        labels = tf.maximum(labels, 0)
         loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
         return tf.stack([
-            tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)),
-            tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)),
-            tf.reduce_sum(loss),
-            tf.cast(tf.shape(labels)[0], tf.float32),
+            tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32) * real),
+            tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32) * real),
+            tf.reduce_sum(loss * real),
+            tf.reduce_sum(real),
         ])
 
-    @tf.function(reduce_retracing=True)
+    @tf.function
     def step(batch):
         return strategy.reduce("SUM", strategy.run(replica_fn, args=batch), axis=None)
 
@@ -251,10 +253,14 @@ def distributed_train_dataset(strategy, source, config, seed, start_step):
 
 
 def distributed_eval_dataset(strategy, source, config):
+    """The test split, one padded shard per input pipeline."""
+    replicas = strategy.num_replicas_in_sync
+
     def dataset_fn(context):
         return pipeline.make_eval_dataset(
             source, config, context.get_per_replica_batch_size(config.batch_size),
             num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
+            batches_per_step=replicas // context.num_input_pipelines,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)
