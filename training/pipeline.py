@@ -16,8 +16,9 @@ of the position in it. A run that resumes at step N rebuilds the pipeline at
 the position of step N and sees the batches the uninterrupted run saw, and
 an example is augmented alike whichever worker reads it.
 
-Eval: bicubic squash-resize to (S + padding)^2, centre crop S (DeepMind's
-`resize_crop_32` with padding 32).
+Eval: the config's `EvalTransform` (`nfnet_keras.weights`), the object the
+weights rows and the export's `serving_bytes` use: for DeepMind's recipes a
+bicubic squash-resize to (S + 32)^2, centre crop S (`resize_crop_32`).
 
 Images stay in [0, 255]: the models are built with
 `include_preprocessing=True` and normalise themselves.
@@ -25,8 +26,7 @@ Images stay in [0, 255]: the models are built with
 
 import tensorflow as tf
 
-from nfnet_keras.imagenet_utils import resize_and_center_crop
-from training import augment
+from . import augment
 
 # Inception-crop parameters (deepmind-research dataset.py; reference §8.1).
 MIN_OBJECT_COVERED = 0.1
@@ -62,12 +62,6 @@ def inception_crop(image, size, seed, area_range=AREA_RANGE):
     )
     crop = tf.slice(image, begin, crop_size)
     return tf.image.resize(crop, (size, size), method="bicubic")
-
-
-def eval_transform(image, size, padding=32):
-    """Squash-resize to (size + padding)^2 (bicubic), then centre crop size."""
-    image = resize_and_center_crop(image, size, size + padding)
-    return tf.clip_by_value(image, 0.0, 255.0)
 
 
 def train_transform(image, size, seed, area_range=AREA_RANGE):
@@ -216,12 +210,10 @@ def make_eval_dataset(source, config, batch_size, num_shards=1, shard_index=0, b
     total = -(-largest // per_step) * per_step
     count = len(range(shard_index, source.num_test, num_shards))
     ds = source.test(num_shards, shard_index).map(
-        lambda image, label: (
-            eval_transform(image, config.test_size, config.eval_padding),
-            tf.cast(label, tf.int32),
-        ),
+        lambda image, label: (config.eval_transform(image), tf.cast(label, tf.int32)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    blank = (tf.zeros([config.test_size, config.test_size, 3]), tf.constant(PADDING_LABEL))
+    size = config.eval_transform.size
+    blank = (tf.zeros([size, size, 3]), tf.constant(PADDING_LABEL))
     ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(total - count))
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -117,7 +117,7 @@ def parse(argv):
 
 def resolve_config(options):
     """The recipe of `--config` with the flags' and `--config.*` overrides."""
-    from training import configs
+    from . import configs
 
     config = configs.get_config(options.config)
     named = {
@@ -179,7 +179,7 @@ def run(argv):
     _check_weights(options)
     options.flag_values["out"] = options.out or os.path.join("runs", options.config)
     options.train_config = resolve_config(options)
-    from training import trainer  # imports TensorFlow
+    from . import trainer  # imports TensorFlow
 
     return trainer.run(options, argv)
 

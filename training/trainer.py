@@ -35,8 +35,8 @@ import tensorflow as tf
 
 import nfnet_keras
 from nfnet_keras.optimizers import NFSGD
-from training import checkpoints, datasets, pipeline
-from training.train import TrainingError
+from . import checkpoints, datasets, pipeline
+from .train import TrainingError
 
 # Top-k accuracy reported next to top-1 (the ImageNet convention).
 TOP_K = 5
@@ -550,7 +550,10 @@ def _train(options, argv):
 
 
 def export_and_reload(config, source, weights_path, out):
-    from export import export as export_lib
+    try:  # installed: nfnet_keras.training next to nfnet_keras.export
+        from ..export import export as export_lib
+    except ImportError:  # a checkout: the top-level training/ next to export/
+        from export import export as export_lib
 
     export_dir = os.path.join(out, "export")
     export_lib.export(
@@ -558,14 +561,12 @@ def export_and_reload(config, source, weights_path, out):
         export_dir,
         weights=weights_path,
         classes=source.num_classes,
-        image_size=config.test_size,
+        eval_transform=config.eval_transform,
     )
     saved_model_dir = os.path.join(export_dir, "saved_model")
     reloaded = tf.saved_model.load(saved_model_dir)
     images, labels = next(iter(source.test(1, 0).batch(8)))
-    images = tf.stack(
-        [pipeline.eval_transform(i, config.test_size, config.eval_padding) for i in images]
-    )
+    images = tf.stack([config.eval_transform(i) for i in images])
     served = reloaded(images / 255.0, training=False).numpy()  # TF Hub images: [0, 1]
     model, _ = build_model(config, source.num_classes)
     model.load_weights(weights_path)
