@@ -403,7 +403,7 @@ def _train(options, argv):
         "versions": _versions(),
         "command": " ".join([sys.executable, "-m", "training.train", *argv]),
     }
-    record["run"]["crop_area_range"] = list(config.crop_area_range)
+    record = json.loads(json.dumps(record))  # as read back: tuples are lists
     error = None
     if cluster.is_chief:
         try:
