@@ -69,7 +69,7 @@ def from_preset(name, num_classes=None, weights="imagenet", **kwargs):
     )(head.input)
     cfg = dict(model.pretrained_cfg, num_classes=num_classes)
     return NFModel(
-        model.inputs,
+        model.input,
         outputs,
         name=model.name,
         agc_clipping=model.agc_clipping,

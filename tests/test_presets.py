@@ -41,7 +41,7 @@ def test_from_preset_backbone_head_and_preprocessing(tiny_file):
     path, source = tiny_file
     model = nfnet_keras.from_preset("nfnet_tiny", num_classes=10, weights=path)
     assert isinstance(model, nfnet_keras.NFModel)
-    assert model.output.shape == (None, 10)
+    assert model.output.shape == (None, 10) and model.input.shape == (None, 32, 32, 3)
     assert model.get_layer("normalization") is not None  # takes [0, 255] RGB
     assert model.get_layer("predictions").activation is keras.activations.linear  # logits
     backbone = [w for w in source.weights if not w.path.startswith("predictions")]
@@ -86,7 +86,7 @@ def test_fit_leaves_the_new_head_unclipped_and_clips_the_backbone(tiny_file, hea
     )
     features = preset.get_layer("predictions").input
     head = keras.layers.Dense(10, name=head_name)
-    model = nfnet_keras.NFModel(preset.inputs, head(features))
+    model = nfnet_keras.NFModel(preset.input, head(features))
     assert agc.classifier_layers(model) == [head]
     before, after, grads = _one_step_updates(model, head)
     lr = 0.5
