@@ -6,8 +6,8 @@ Formulas, defaults and variable names are those of the authors' TensorFlow
 reference, tensorflow/tpu `models/official/resnet/resnet_model.py`
 (`evonorm`, `_batch_std`, `_instance_std`, `_group_std`; extensions
 reference §4). Inputs are NHWC; every variance is the population variance
-(ddof 0), ``eps`` sits inside every square root, statistics are computed in
-float32 whatever the dtype policy.
+(ddof 0), ``eps`` sits inside every square root; float16 and bfloat16
+inputs are normalised in float32.
 
 Differences from timm's `EvoNorm2dB0` / `EvoNorm2dS0` (NCHW, same formulas):
 
@@ -24,6 +24,8 @@ import keras
 from keras import ops
 
 from nfnet_keras.layers import PACKAGE
+
+_LOW_PRECISION = ("float16", "bfloat16")
 
 # tensorflow/tpu `resnet_model.py`: EPSILON = 1e-5, MOVING_AVERAGE_DECAY =
 # 0.9, `evonorm(num_groups=32)` (extensions reference §4.3).
@@ -58,8 +60,14 @@ class _EvoNorm(keras.layers.Layer):
         if self.apply_act:
             self.v = self.add_weight(name="v", shape=(channels,), initializer="ones")
 
+    @staticmethod
+    def _upcast(inputs):
+        """(inputs in the dtype of the statistics, the output dtype)."""
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        return ops.cast(inputs, "float32" if dtype in _LOW_PRECISION else dtype), dtype
+
     def _affine(self, x, dtype):
-        return ops.cast(x * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32"), dtype)
+        return ops.cast(x * ops.cast(self.gamma, x.dtype) + ops.cast(self.beta, x.dtype), dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -124,20 +132,20 @@ class EvoNormB0(_EvoNorm):
             )
 
     def call(self, inputs, training=False):
-        dtype = inputs.dtype
-        x = ops.cast(inputs, "float32")
+        x, dtype = self._upcast(inputs)
         if not self.apply_act:
             return self._affine(x, dtype)
         if training:
             batch_var = ops.var(x, axis=(0, 1, 2))
+            moving = ops.convert_to_tensor(self.moving_variance)
             self.moving_variance.assign(
-                self.moving_variance - (self.moving_variance - batch_var) * (1.0 - self.momentum)
+                moving - (moving - ops.cast(batch_var, moving.dtype)) * (1.0 - self.momentum)
             )
         else:
-            batch_var = ops.convert_to_tensor(self.moving_variance)
+            batch_var = ops.cast(self.moving_variance, x.dtype)
         left = ops.sqrt(batch_var + self.epsilon)
         instance_std = ops.sqrt(ops.var(x, axis=(1, 2), keepdims=True) + self.epsilon)
-        right = ops.cast(self.v, "float32") * x + instance_std
+        right = ops.cast(self.v, x.dtype) * x + instance_std
         return self._affine(x / ops.maximum(left, right), dtype)
 
     def get_config(self):
@@ -202,14 +210,13 @@ class EvoNormS0(_EvoNorm):
             self._num_groups = self.groups
 
     def call(self, inputs):
-        dtype = inputs.dtype
-        x = ops.cast(inputs, "float32")
+        x, dtype = self._upcast(inputs)
         if not self.apply_act:
             return self._affine(x, dtype)
         shape = ops.shape(x)
         grouped = (shape[0], shape[1], shape[2], self._num_groups, shape[3] // self._num_groups)
         group_var = ops.var(ops.reshape(x, grouped), axis=(1, 2, 4), keepdims=True)
-        y = x * ops.sigmoid(ops.cast(self.v, "float32") * x)
+        y = x * ops.sigmoid(ops.cast(self.v, x.dtype) * x)
         y = ops.reshape(ops.reshape(y, grouped) / ops.sqrt(group_var + self.epsilon), shape)
         return self._affine(y, dtype)
 
