@@ -16,6 +16,10 @@ EXTRAS = {
     "train": ["tensorflow-datasets==4.9.10", "importlib_resources", "absl-py", "tensorboard==2.21.0"],
     # tensorflow_hub 0.16 imports pkg_resources, removed in setuptools 82.
     "hub": ["setuptools<82"],
+    # Signal propagation plots (`nfnet_keras.analysis`, `nfnet-spp`).
+    "plot": ["matplotlib"],
+    # experiments/agc_miniature.py: scikit-learn ships the `digits` images.
+    "experiments": ["matplotlib", "scikit-learn"],
     "test": [
         "pytest",
         "pytest-timeout",
@@ -25,6 +29,8 @@ EXTRAS = {
         "torch==2.13.0",
         "torchvision==0.28.0",
         "timm==1.0.31",
+        "matplotlib",
+        "scikit-learn",
     ],
 }
 
@@ -39,6 +45,11 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["nfnet-convert = nfnet_keras.convert.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "nfnet-convert = nfnet_keras.convert.cli:main",
+            "nfnet-spp = nfnet_keras.analysis:main",
+        ]
+    },
     license="Apache-2.0",
 )

@@ -1,15 +1,19 @@
 """nfnet_keras: Normalizer-Free networks for Keras 3."""
 
-from nfnet_keras import layers, optimizers
+from nfnet_keras import analysis, baselines, callbacks, layers, optimizers, regularizers
 from nfnet_keras.agc import NFModel, adaptive_clip, unitwise_norm
 from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
+from nfnet_keras.callbacks import FreezeOut
 from nfnet_keras.layers import (
     GammaAct,
     ScaledStdConv2D,
     SkipGain,
     SqueezeExcite,
+    StdConv2D,
     StochasticDepth,
 )
+from nfnet_keras.normalization import EvoNormB0, EvoNormS0
+from nfnet_keras.regularizers import FilterOrthogonal
 from nfnet_keras.optimizers import NFSGD
 from nfnet_keras.models.nfnet import (
     NFNet,

@@ -70,7 +70,8 @@ def _inputs_of(layer):
 
 
 def _probe_tensors(model):
-    """[(key, tensor)] of the stem, block outputs and residual branches."""
+    """([(key, tensor)] of the stem, block outputs and residual branches,
+    [indices of the blocks with a projection shortcut])."""
     blocks = _blocks(model)
     if not blocks:
         raise ValueError(
@@ -100,7 +101,9 @@ def _probe_tensors(model):
         try:
             add = model.get_layer(prefix + "add")
         except ValueError:
-            raise ValueError(f"Block {prefix!r} of model {model.name!r} has no '{prefix}add' layer.")
+            raise ValueError(
+                f"Block {prefix!r} of model {model.name!r} has no '{prefix}add' layer."
+            ) from None
         branches = [
             t
             for t in _inputs_of(add)
