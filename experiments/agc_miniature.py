@@ -6,8 +6,9 @@ with it the learning rate, ``lr = base x batch / 256`` -- grows; Adaptive
 Gradient Clipping keeps them stable, like a BatchNorm ResNet.
 
 The miniature trains the package's tiny NF-ResNet row (widths 16...128, one
-bottleneck block per stage) with and without AGC (clipping 0.01, the
-paper's), and a BatchNorm pre-activation ResNet of the same shape
+bottleneck block per stage; skip gains start at 1, see `SKIP_GAIN`) with
+and without AGC (clipping 0.01, the paper's), and a BatchNorm
+pre-activation ResNet of the same shape
 (`nfnet_keras.baselines.BNResNetV2`), with the paper's SGD (Nesterov
 momentum 0.9, weight decay 2e-5; `NFSGD`) and a linear-warm-up + cosine
 schedule, for the same number of steps at every batch size (so a larger
@@ -15,7 +16,8 @@ batch also sees more epochs), on scikit-learn's
 ``digits`` (1,797 real 8x8 handwritten digits shipped inside the package,
 upsampled to 32x32, 3 channels; 1,347 train / 450 test, fixed split). It
 writes a table and a plot and, with ``--readme``, puts both into the README
-between the ``agc-miniature`` markers.
+between the ``agc-miniature`` markers; the README says what the miniature
+does and does not reproduce.
 
     .venv/bin/python -m experiments.agc_miniature --readme README.md
 

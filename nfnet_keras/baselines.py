@@ -24,6 +24,7 @@ import keras
 from keras import layers
 
 from nfnet_keras.layers import StdConv2D
+from nfnet_keras.models import _common
 from nfnet_keras.normalization import EvoNormB0, EvoNormS0
 
 # ResNet-50 (He et al. 2016): bottleneck blocks per stage, stage output
@@ -63,19 +64,11 @@ def _input(input_shape, include_top, pooling, classes):
 
 
 def _head(x, include_top, pooling, classes, classifier_activation, initializer):
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        return layers.Dense(
-            classes,
-            activation=classifier_activation,
-            kernel_initializer=initializer,
-            name="predictions",
-        )(x)
-    if pooling == "avg":
-        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if pooling == "max":
-        return layers.GlobalMaxPooling2D(name="max_pool")(x)
-    return x
+    return _common.head(
+        x, include_top=include_top, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, dropout_rate=0.0,
+        classifier_initializer=initializer,
+    )
 
 
 def _check_stages(depths, widths):

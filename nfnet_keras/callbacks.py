@@ -228,7 +228,9 @@ class FreezeOut(keras.callbacks.Callback):
         for optimizer in self._leaf_optimizers():
             if isinstance(optimizer.update_step, _ScaledUpdateStep):
                 continue
-            self._original_update_steps.setdefault(id(optimizer), (optimizer, optimizer.__dict__.get("update_step")))
+            # The instance's own `update_step` (NFModel's AGC) or None (the class's).
+            original = (optimizer, optimizer.__dict__.get("update_step"))
+            self._original_update_steps.setdefault(id(optimizer), original)
             index = {
                 optimizer._var_key(v): i
                 for i, group in enumerate(self._groups)

@@ -24,6 +24,7 @@ def test_uses_the_real_digits_images(digits):
     assert len(np.unique(image)) > 3  # not a constant or binary image
 
 
+@pytest.mark.slow  # ~20 s, mostly tracing the AGC train step
 def test_a_short_run_reports_its_numbers(digits):
     result = agc_miniature.train_one("nf_agc", 32, digits, steps=12, base_lr=0.4)
     assert result["lr"] == pytest.approx(0.4 * 32 / 256)
