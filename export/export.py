@@ -37,11 +37,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import nfnet_keras
 from nfnet_keras.models import MODELS
 from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD
 from nfnet_keras.layers import Normalize
 
-from export import folding
 from export import model_card
 from export import preprocessing
 
@@ -116,24 +116,33 @@ def build_keras_model(name, *, output="classification", weights=None, classes=10
 def _checked_images(images):
     """Asserts the TF Hub image contract on a float32 batch, with messages."""
     shape = tf.shape(images)
-    checks = [
+    # The rank first: the other checks read axes that a wrong rank moves.
+    rank_checks = [
+        tf.debugging.Assert(
+            tf.not_equal(tf.rank(images), 3),
+            ["`images` has no batch axis: received shape", shape, "; expected [batch, height, "
+             "width, 3] (one image: tf.expand_dims(image, 0))"],
+        ),
         tf.debugging.assert_rank(
             images,
             4,
             message="`images` must be a float32 tensor [batch, height, width, 3]",
         ),
-        tf.debugging.assert_equal(
-            shape[-1],
-            3,
-            message="`images` must have 3 channels (RGB) on the last axis, "
-            "shape [batch, height, width, 3]",
-        ),
-        tf.debugging.assert_greater_equal(
-            tf.reduce_min(shape[1:3]),
-            MIN_IMAGE_SIZE,
-            message=f"`images` height and width must be at least {MIN_IMAGE_SIZE} pixels",
-        ),
     ]
+    with tf.control_dependencies(rank_checks):
+        checks = [
+            tf.debugging.assert_equal(
+                shape[-1],
+                3,
+                message="`images` must have 3 channels (RGB) on the last axis, "
+                "shape [batch, height, width, 3]",
+            ),
+            tf.debugging.assert_greater_equal(
+                tf.reduce_min(shape[1:3]),
+                MIN_IMAGE_SIZE,
+                message=f"`images` height and width must be at least {MIN_IMAGE_SIZE} pixels",
+            ),
+        ]
     with tf.control_dependencies(checks):
         # A gather (not `tf.ensure_shape`) gives the static channel count
         # without a shape-inference error that would pre-empt the messages.
@@ -232,7 +241,7 @@ def save(model, export_dir, *, output, image_size, fold=False):
             signatures' output).
         image_size: the side of the `serving_bytes` evaluation crop.
         fold: write the inference export: weight standardisation and
-            constant scales folded (`export.folding`), no trainable
+            constant scales folded (`nfnet_keras.fold_for_inference`), no trainable
             variables. Otherwise the raw, fine-tunable parameters.
 
     Returns:
@@ -241,7 +250,7 @@ def save(model, export_dir, *, output, image_size, fold=False):
     if output not in OUTPUTS:
         raise ValueError(f"`output` must be one of {OUTPUTS}. Received: output={output!r}")
     _check_image_size(image_size)
-    saved = folding.fold_model(model) if fold else model
+    saved = nfnet_keras.fold_for_inference(model) if fold else model
     root = ReusableSavedModel(saved, output=output, image_size=image_size, trainable=not fold)
     root.trace()
     if os.path.exists(export_dir):

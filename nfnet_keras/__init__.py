@@ -1,11 +1,13 @@
 """nfnet_keras: Normalizer-Free networks for Keras 3."""
 
 from nfnet_keras import analysis, baselines, callbacks, layers, optimizers, regularizers
+from nfnet_keras.folding import fold_for_inference
 from nfnet_keras.agc import NFModel, adaptive_clip, unitwise_norm
 from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
 from nfnet_keras.callbacks import FreezeOut
 from nfnet_keras.layers import (
     GammaAct,
+    PerGroupConv2D,
     ScaledStdConv2D,
     SkipGain,
     SqueezeExcite,

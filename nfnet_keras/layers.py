@@ -88,13 +88,42 @@ def _apply_activation(name, x, approximate_gelu):
     return getattr(ops, name)(x)
 
 
-class _StandardizedConv2D(keras.layers.Conv2D):
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PerGroupConv2D(keras.layers.Conv2D):
+    """A `Conv2D` that runs a grouped convolution as one convolution per group.
+
+    The same arithmetic as `keras.layers.Conv2D(groups=G)`, in a portable
+    form. On the TensorFlow backend Keras compiles every grouped convolution
+    with XLA, whose gradient is 12-50x slower on the CPU than per-group
+    convolutions (benchmarks/grouped_conv.py), and which TF Serving runs only
+    with XLA:CPU enabled. TensorFlow's own grouped kernel is no way out
+    either: without oneDNN (the default on x86 CPUs lacking AVX-512 VNNI/BF16
+    and AMX) its graph optimizer fuses a grouped convolution with a following
+    bias into a CPU kernel that refuses groups. Per-group convolutions run
+    everywhere, and the serving benchmark (benchmarks/README.md) found them
+    as fast as the native grouped kernel.
+
+    `fold_for_inference` replaces NF convolutions with this layer.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self.groups == 1:
+            return super().convolution_op(inputs, kernel)
+        input_groups = ops.split(inputs, self.groups, axis=-1)
+        kernel_groups = ops.split(kernel, self.groups, axis=-1)
+        return ops.concatenate(
+            [super(PerGroupConv2D, self).convolution_op(x, k) for x, k in zip(input_groups, kernel_groups)],
+            axis=-1,
+        )
+
+
+class _StandardizedConv2D(PerGroupConv2D):
     """Conv2D that convolves with a function of its kernel, `standardized_kernel()`.
 
     The shared part of `ScaledStdConv2D` and `StdConv2D`: the kernel is read in
     float32 whatever the dtype policy, grouped convolutions run one group at a
-    time, and every variable (not only kernel and bias) is saved. Padding,
-    strides and groups are Keras's own.
+    time (`PerGroupConv2D`), and every variable (not only kernel and bias) is
+    saved. Padding and strides are Keras's own.
     """
 
     def __init__(self, filters, kernel_size, **kwargs):
@@ -128,24 +157,6 @@ class _StandardizedConv2D(keras.layers.Conv2D):
         var = ops.var(kernel, axis=axes, keepdims=True)  # population variance
         return kernel, mean, var
 
-    def convolution_op(self, inputs, kernel):
-        if self.groups == 1:
-            return super().convolution_op(inputs, kernel)
-        # Grouped: one Keras convolution per group, concatenated. On the
-        # TensorFlow backend `ops.conv` runs a grouped kernel through an
-        # XLA-compiled function whose gradient is 12-50x slower on the CPU
-        # than per-group convolutions (benchmarks/grouped_conv.py); the
-        # split form is the same arithmetic, and portable.
-        input_groups = ops.split(inputs, self.groups, axis=-1)
-        kernel_groups = ops.split(kernel, self.groups, axis=-1)
-        return ops.concatenate(
-            [
-                super(_StandardizedConv2D, self).convolution_op(x, k)
-                for x, k in zip(input_groups, kernel_groups)
-            ],
-            axis=-1,
-        )
-
     def call(self, inputs):
         kernel = ops.cast(self.standardized_kernel(), self.compute_dtype)
         outputs = self.convolution_op(inputs, kernel)
@@ -174,7 +185,7 @@ class ScaledStdConv2D(_StandardizedConv2D):
     scaled by a learnable per-channel ``gain`` (Brock et al. 2021,
     arXiv:2101.08692 §4; reference doc §4). Statistics are computed in
     float32 whatever the dtype policy; the convolution itself (padding,
-    strides, groups) is Keras's own.
+    strides) is Keras's own, groups run per group (`PerGroupConv2D`).
 
     Args:
         filters, kernel_size, strides, padding, groups, use_bias, ...:

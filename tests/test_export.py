@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import keras
 import numpy as np
@@ -12,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from export import export as export_lib
-from export import folding
 from export import preprocessing
+import nfnet_keras
 from nfnet_keras import layers as nf_layers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -287,6 +289,21 @@ def test_bad_input_gives_clear_error(tiny, entry, images, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "shape, message",
+    [((64, 64, 3), "no batch axis"), ((1, 1, 64, 64, 3), "[batch, height, width, 3]"),
+     ((1, 64, 64), "[batch, height, width, 3]")],
+)
+def test_wrong_rank_is_named_before_other_checks(shape, message):
+    # Python callers meet the signature's rank-4 spec first; TF Serving does
+    # not check feed shapes, so the graph's own checks must name the rank
+    # before they read the height, width and channel axes.
+    checked = tf.function(export_lib._checked_images, input_signature=[tf.TensorSpec(None)])
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        checked(tf.zeros(shape))
+    assert message in str(info.value) and "pixels" not in str(info.value)
+
+
 def test_bad_bytes_gives_clear_error(tiny):
     loaded = tf.saved_model.load(tiny.saved_model_dir)
     with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
@@ -312,7 +329,7 @@ def test_fold_model_matches_unfolded_and_folds_scales():
     x = _images(2, TINY_SIZE, seed=12)
     expected = model(x).numpy()
 
-    plain = folding.fold_model(model, fold_scales=False)
+    plain = nfnet_keras.fold_for_inference(model, fold_scales=False)
     _close(plain(x), expected)
     conv = model.get_layer("stage1_block0_conv1")  # grouped, strided
     np.testing.assert_allclose(
@@ -321,18 +338,22 @@ def test_fold_model_matches_unfolded_and_folds_scales():
         rtol=1e-5, atol=1e-6,
     )
 
-    folded = folding.fold_model(model)
+    folded = nfnet_keras.fold_for_inference(model)
     _close(folded(x), expected)
     types = {type(layer) for layer in folded.layers}
     assert nf_layers.ScaledStdConv2D not in types and nf_layers.SkipGain not in types
     assert nf_layers.StochasticDepth not in types
     convs = [l for l in folded.layers if isinstance(l, keras.layers.Conv2D)]
-    assert convs and all(isinstance(l, folding.ServingConv2D) for l in convs)
+    assert convs and all(isinstance(l, nf_layers.PerGroupConv2D) for l in convs)
     acts = [l for l in folded.layers if isinstance(l, nf_layers.GammaAct)]
     assert all(l.gamma == 1.0 and l.beta == 1.0 for l in acts)
     assert all(l.gate_gain == 1.0 for l in folded.layers if isinstance(l, nf_layers.SqueezeExcite))
     # Same layer names (the weight-name contract), same parameter count.
     assert [l.name for l in folded.layers] == [l.name for l in model.layers]
+    # The folded model is a Keras model like any other: it saves and reloads.
+    path = os.path.join(tempfile.mkdtemp(), "folded.keras")
+    folded.save(path)
+    np.testing.assert_array_equal(keras.saving.load_model(path)(x), folded(x))
 
 
 @pytest.mark.parametrize("name", ["nf_resnettiny", "nf_regnet_tiny"])
@@ -344,7 +365,7 @@ def test_fold_model_other_families(name):
     x = _images(2, TINY_SIZE, seed=22)
     expected = model(x).numpy()
     assert np.abs(expected).max() > 0.1
-    folded = folding.fold_model(model)
+    folded = nfnet_keras.fold_for_inference(model)
     _close(folded(x), expected)
     assert not any(isinstance(l, nf_layers.ScaledStdConv2D) for l in folded.layers)
 
@@ -354,7 +375,7 @@ def test_fold_model_keeps_zero_skip_gain_blocks():
     _randomize(model, seed=13)
     model.get_layer("stage2_block0_skip_gain").skip_gain.assign(0.0)
     x = _images(2, TINY_SIZE, seed=14)
-    folded = folding.fold_model(model)
+    folded = nfnet_keras.fold_for_inference(model)
     _close(folded(x), model(x).numpy())
     assert isinstance(folded.get_layer("stage2_block0_skip_gain"), nf_layers.SkipGain)
 
@@ -383,6 +404,35 @@ def test_folded_feature_vector_export(tiny_features_folded, tiny):
     assert xla_functions(tiny.saved_model_dir) == 0
 
 
+SERVE_SCRIPT = """
+import sys, numpy as np, tensorflow as tf
+x = np.load(sys.argv[1])
+for path in sys.argv[2:]:
+    out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(x))
+    np.save(path + ".served.npy", next(iter(out.values())).numpy())
+"""
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_exports_serve_with_and_without_onednn(tiny, tiny_features_folded, tmp_path, onednn):
+    # CPUs without AVX-512 VNNI/BF16 or AMX run TensorFlow without oneDNN by
+    # default, and its graph optimizer then fuses convolution + bias into a
+    # CPU kernel that has no grouped form. Both exports must serve either way.
+    x = _images(2, TINY_SIZE, seed=18)
+    np.save(tmp_path / "x.npy", x)
+    exports = {}
+    for result in (tiny, tiny_features_folded):
+        path = str(tmp_path / os.path.basename(os.path.dirname(result.saved_model_dir)))
+        shutil.copytree(result.saved_model_dir, path)
+        exports[path] = result.keras_model(x).numpy()
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, str(tmp_path / "x.npy"), *exports],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for path, expected in exports.items():
+        _close(np.load(path + ".served.npy"), expected)
+
+
 # --------------------------------------------------------------------------
 # F0 structure.
 
@@ -401,7 +451,7 @@ def test_f0_export_round_trip_and_folding(f0):
         loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))["logits"],
         model(preprocessing.eval_transform(png, F0_SIZE)[None]).numpy(),
     )
-    _close(folding.fold_model(model)(x), expected)
+    _close(nfnet_keras.fold_for_inference(model)(x), expected)
     layer = keras.layers.TFSMLayer(saved_model_dir, call_endpoint="serve")
     inputs = keras.Input((F0_SIZE, F0_SIZE, 3))
     _close(keras.Model(inputs, layer(inputs))(x), expected)

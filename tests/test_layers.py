@@ -175,3 +175,16 @@ def test_layer_config_round_trip(layer, shape):
 def test_conv_rejects_bad_convention():
     with pytest.raises(ValueError, match="convention"):
         nfl.ScaledStdConv2D(4, 3, convention="torch")
+
+
+def test_per_group_conv2d_equals_keras_grouped_conv2d():
+    # Keras's own grouped convolution (XLA-compiled on TensorFlow) is the
+    # independent reference for the per-group form.
+    x = np.random.default_rng(0).standard_normal((2, 9, 11, 12)).astype("float32")
+    reference = keras.layers.Conv2D(8, 3, strides=2, padding="same", groups=4)
+    expected = reference(x)
+    per_group = nfl.PerGroupConv2D(8, 3, strides=2, padding="same", groups=4)
+    per_group.build(x.shape)
+    per_group.set_weights(reference.get_weights())
+    np.testing.assert_allclose(per_group(x), expected, rtol=1e-5, atol=1e-5)
+    assert per_group.get_config()["groups"] == 4

@@ -1,0 +1,213 @@
+"""One timed measurement in this process: one framework, one model, one case.
+
+`benchmarks.run` starts this module once per framework and round, so that
+TensorFlow's and PyTorch's thread pools never share a process. Prints one
+JSON line: the seconds of every timed call, the first call (trace or compile
+included), the build time and the process's peak resident memory.
+
+    .venv/bin/python -m benchmarks.measure --framework keras --model nfnet_f0 \
+        --size 192 --batch 8 --mode train
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+# Frameworks and the modes they are measured in.
+FRAMEWORKS = {
+    "keras": ("infer", "train"),  # the Keras model, tf.function, AGC in the train step
+    "keras_folded": ("infer",),  # nfnet_keras.fold_for_inference
+    "savedmodel": ("infer",),  # the fine-tunable export's serving_default, reloaded
+    "savedmodel_folded": ("infer",),  # the --fold export, reloaded
+    "timm": ("infer", "train"),  # the same architecture in timm, AGC in the step
+    "keras_applications": ("infer", "train"),  # a keras.applications reference model
+}
+# timm's names of this package's models, where timm has the architecture.
+TIMM_NAMES = {
+    **{f"nfnet_f{i}": f"dm_nfnet_f{i}" for i in range(7)},
+    "timm_nf_resnet26": "nf_resnet26",
+    "timm_nf_resnet50": "nf_resnet50",
+    "timm_nf_resnet101": "nf_resnet101",
+    **{f"timm_nf_regnet_b{i}": f"nf_regnet_b{i}" for i in range(6)},
+}
+NUM_CLASSES = 1000
+AGC_CLIPPING = 0.01  # the paper's clipping factor for batch <= 4096 (reference doc §7)
+LEARNING_RATE = 0.1  # any value: the step's cost does not depend on it
+MOMENTUM = 0.9  # the paper's Nesterov momentum (reference doc §8)
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _time_calls(fn, warmup, iters):
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return first, times
+
+
+def _nonzero_skip_gains(model):
+    """Skip gains start at 0 (SkipInit); trained models have none at 0, and
+    folding leaves a zero-scale branch as it is."""
+    from nfnet_keras import layers as nf_layers
+
+    for layer in model.layers:
+        if isinstance(layer, nf_layers.SkipGain):
+            layer.skip_gain.assign(1.0)
+
+
+def _keras_step(args, build):
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((args.batch, args.size, args.size, 3), dtype="float32"))
+    started = time.perf_counter()
+    model = build()
+    build_s = time.perf_counter() - started
+    if args.mode == "infer":
+        infer = tf.function(lambda t: model(t, training=False))
+        return build_s, lambda: infer(x).numpy()
+    y = tf.constant(rng.integers(0, NUM_CLASSES, (args.batch,)))
+    model.compile(
+        optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return build_s, lambda: model.train_on_batch(x, y)
+
+
+def keras_case(args):
+    import nfnet_keras
+
+    def build():
+        model = nfnet_keras.get_model(
+            args.model, input_shape=(args.size, args.size, 3), classifier_activation=None,
+            agc_clipping=AGC_CLIPPING,
+        )
+        _nonzero_skip_gains(model)
+        if args.framework == "keras_folded":
+            model = nfnet_keras.fold_for_inference(model)
+        return model
+
+    return _keras_step(args, build)
+
+
+def keras_applications_case(args):
+    import keras
+
+    def build():
+        constructor = getattr(keras.applications, args.model)
+        return constructor(weights=None, input_shape=(args.size, args.size, 3),
+                           classifier_activation=None)
+
+    return _keras_step(args, build)
+
+
+def saved_model_case(args):
+    import tensorflow as tf
+
+    from export import export as export_lib
+
+    started = time.perf_counter()
+    model = export_lib.build_keras_model(args.model)
+    _nonzero_skip_gains(model)
+    workdir = tempfile.mkdtemp()
+    try:
+        path = os.path.join(workdir, "saved_model")
+        export_lib.save(model, path, output="classification", image_size=args.size,
+                        fold=args.framework == "savedmodel_folded")
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    build_s = time.perf_counter() - started
+    x = tf.constant(np.random.default_rng(0).random((args.batch, args.size, args.size, 3),
+                                                    dtype="float32"))
+    return build_s, lambda: serve(images=x)["logits"].numpy()
+
+
+def timm_case(args):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from _timm import timm, torch  # the test-only oracle, with its import shim
+    from timm.utils.agc import adaptive_clip_grad
+
+    torch.set_num_threads(os.cpu_count())
+    if args.model not in TIMM_NAMES:
+        raise SystemExit(f"timm has no architecture for {args.model!r}")
+    started = time.perf_counter()
+    model = timm.create_model(TIMM_NAMES[args.model], num_classes=NUM_CLASSES)
+    build_s = time.perf_counter() - started
+    x = torch.rand(args.batch, 3, args.size, args.size)
+    if args.mode == "infer":
+        model.eval()
+
+        def infer():
+            with torch.inference_mode():
+                model(x)
+
+        return build_s, infer
+    model.train()
+    head = {id(p) for p in model.get_classifier().parameters()}
+    clipped = [p for p in model.parameters() if id(p) not in head]
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM,
+                                nesterov=True)
+    y = torch.randint(0, NUM_CLASSES, (args.batch,))
+
+    def step():
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        adaptive_clip_grad(clipped, clip_factor=AGC_CLIPPING)
+        optimizer.step()
+
+    return build_s, step
+
+
+CASES = {
+    "keras": keras_case,
+    "keras_folded": keras_case,
+    "savedmodel": saved_model_case,
+    "savedmodel_folded": saved_model_case,
+    "timm": timm_case,
+    "keras_applications": keras_applications_case,
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", required=True, choices=sorted(FRAMEWORKS))
+    parser.add_argument("--model", required=True,
+                        help="a package model name, or a keras.applications name")
+    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--mode", choices=("infer", "train"), default="infer")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls, the first included")
+    parser.add_argument("--iters", type=int, default=5, help="timed calls")
+    args = parser.parse_args(argv)
+    if args.mode not in FRAMEWORKS[args.framework]:
+        parser.error(f"--framework={args.framework} measures only {FRAMEWORKS[args.framework]}")
+    if args.warmup < 1 or args.iters < 1:
+        parser.error("--warmup and --iters must be at least 1")
+    build_s, fn = CASES[args.framework](args)
+    first_call_s, times = _time_calls(fn, args.warmup, args.iters)
+    print(json.dumps({"build_s": build_s, "first_call_s": first_call_s, "times": times,
+                      "peak_rss_mb": _peak_rss_mb()}))
+
+
+if __name__ == "__main__":
+    main()
