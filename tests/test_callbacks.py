@@ -176,7 +176,7 @@ def test_unknown_run_length_and_ema_are_refused():
     x, y = data()
     endless = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
     with pytest.raises(ValueError, match="FreezeOut needs the number of steps"):
-        model.fit(endless, epochs=1, verbose=0, callbacks=[FreezeOut()])
+        model.fit(endless, epochs=1, shuffle=False, verbose=0, callbacks=[FreezeOut()])
     model.compile(optimizer=keras.optimizers.SGD(0.1, use_ema=True), loss=LOSS)
     with pytest.raises(ValueError, match="does not support optimizers with `use_ema=True`"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[FreezeOut()])

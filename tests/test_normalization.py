@@ -200,7 +200,6 @@ def test_gn_ws_resnet50_has_the_resnet50_parameter_count():
     # EvoNorm adds one `v` per channel of every normalisation followed by a ReLU
     # (stem 64, and two bottleneck widths per block).
     v_params = 64 + sum(d * 2 * w // 4 for d, w in zip((3, 4, 6, 3), (256, 512, 1024, 2048)))
-    assert len(baselines.EvoNormS0ResNet50().trainable_weights) > 0
     assert baselines.EvoNormS0ResNet50().count_params() == expected + v_params
 
 
@@ -242,3 +241,22 @@ def test_evonorm_b0_baseline_depends_on_the_batch_in_training():
     batch = model(images, training=True).numpy()
     alone = model(images[:1], training=True).numpy()
     assert np.abs(alone[0] - batch[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("layer_class", [EvoNormB0, EvoNormS0])
+def test_evonorm_under_mixed_precision(layer_class):
+    x = (RNG.standard_normal((4, 5, 6, 32)) + 0.2).astype("float32")
+    reference = layer_class()
+    mixed = layer_class(dtype="mixed_float16")
+    reference.build(x.shape)
+    mixed.build(x.shape)
+    _randomize(reference, 32)
+    for source, target in zip(reference.weights, mixed.weights):
+        target.assign(source.numpy())
+    out = mixed(x.astype("float16"), training=True)
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    np.testing.assert_allclose(out.numpy(), reference(x, training=True).numpy(), rtol=1e-2, atol=1e-2)
+    if layer_class is EvoNormB0:  # statistics kept in float32
+        assert keras.backend.standardize_dtype(mixed.moving_variance.dtype) == "float32"
+        np.testing.assert_allclose(mixed.moving_variance.numpy(), reference.moving_variance.numpy(),
+                                   rtol=1e-3)
