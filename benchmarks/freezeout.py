@@ -30,7 +30,8 @@ def _model(name, size):
     import nfnet_keras
 
     keras.utils.set_random_seed(0)
-    model = nfnet_keras.get_model(name, input_shape=(size, size, 3), classes=10,
+    model = nfnet_keras.get_model(name, weights=None, include_preprocessing=False,
+                                  input_shape=(size, size, 3), classes=10,
                                   classifier_activation=None)
     model.compile(optimizer=nfnet_keras.NFSGD(0.1),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

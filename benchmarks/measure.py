@@ -22,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from nfnet_keras.models import registry  # noqa: E402
+
 # Frameworks and the modes they are measured in.
 FRAMEWORKS = {
     "keras": ("infer", "train"),  # the Keras model, tf.function, AGC in the train step
@@ -31,13 +33,10 @@ FRAMEWORKS = {
     "timm": ("infer", "train"),  # the same architecture in timm, AGC in the step
     "keras_applications": ("infer", "train"),  # a keras.applications reference model
 }
-# timm's names of this package's models, where timm has the architecture.
+# timm's names of this package's models, where timm has the architecture
+# (the registry rows' `timm_name`).
 TIMM_NAMES = {
-    **{f"nfnet_f{i}": f"dm_nfnet_f{i}" for i in range(7)},
-    "timm_nf_resnet26": "nf_resnet26",
-    "timm_nf_resnet50": "nf_resnet50",
-    "timm_nf_resnet101": "nf_resnet101",
-    **{f"timm_nf_regnet_b{i}": f"nf_regnet_b{i}" for i in range(6)},
+    name: row.timm_name for name, row in registry.ARCHITECTURES.items() if row.timm_name
 }
 NUM_CLASSES = 1000
 AGC_CLIPPING = 0.01  # the paper's clipping factor for batch <= 4096 (reference doc §7)
@@ -98,8 +97,8 @@ def keras_case(args):
 
     def build():
         model = nfnet_keras.get_model(
-            args.model, input_shape=(args.size, args.size, 3), classifier_activation=None,
-            agc_clipping=AGC_CLIPPING,
+            args.model, weights=None, input_shape=(args.size, args.size, 3),
+            classifier_activation=None, agc_clipping=AGC_CLIPPING,
         )
         _nonzero_skip_gains(model)
         if args.framework == "keras_folded":
@@ -131,7 +130,8 @@ def saved_model_case(args):
     workdir = tempfile.mkdtemp()
     try:
         path = os.path.join(workdir, "saved_model")
-        export_lib.save(model, path, output="classification", image_size=args.size,
+        export_lib.save(model, path, output="classification",
+                        transform=export_lib.model_eval_transform(args.model, args.size),
                         fold=args.framework == "savedmodel_folded")
         serve = tf.saved_model.load(path).signatures["serving_default"]
     finally:

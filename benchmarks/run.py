@@ -75,12 +75,9 @@ def _resolve_size(model, size):
     """'train' / 'test' -> the row's resolution; a number stays a number."""
     if size.isdigit():
         return int(size)
-    from nfnet_keras.models import nfnet
+    from nfnet_keras.models import get_architecture
 
-    variant = model.removeprefix("nfnet_").upper()
-    if variant not in nfnet.VARIANTS:
-        raise SystemExit(f"--sizes {size} needs an NFNet row; {model!r} is not one")
-    row = nfnet.VARIANTS[variant]
+    row = get_architecture(model)
     return row.train_size if size == "train" else row.test_size
 
 

@@ -75,13 +75,14 @@ def build(config, skip_gain=SKIP_GAIN, classes=10):
 
     shape = (32, 32, 3)
     if config == "bn":
-        row = nfnet_keras.models.nf_resnet.VARIANTS["tiny"]
+        row = nfnet_keras.models.get_architecture("nf_resnet_tiny")
         return baselines.BNResNetV2(
-            row.depths, widths=row.widths, stem_width=row.stem_width, input_shape=shape,
+            row.depths, widths=row.widths, stem_width=row.stem_widths[0], input_shape=shape,
             classes=classes, classifier_activation=None, name="bn_resnet_tiny",
         )
     model = nfnet_keras.NFResNet(
-        "tiny", input_shape=shape, classes=classes, classifier_activation=None,
+        "tiny", weights=None, include_preprocessing=False,  # the digits come standardised
+        input_shape=shape, classes=classes, classifier_activation=None,
         agc_clipping=0.01 if config == "nf_agc" else None,
     )
     for layer in model.layers:

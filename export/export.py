@@ -19,8 +19,9 @@ SavedModel (callable ``obj(images, training=False)``, ``variables``,
   ``feature_vector``.
 * signature ``serving_bytes``: input ``image_bytes`` string ``[batch]``
   (JPEG/PNG/GIF/BMP files; the ``_bytes`` suffix lets TF Serving's REST API
-  take base64); applies the checkpoint's evaluation transform at the export
-  resolution (`export.preprocessing.eval_transform`); same output.
+  take base64); applies the architecture's evaluation transform
+  (`nfnet_keras.weights.eval_transform`: DeepMind's resize_crop_32, or
+  timm's crop_pct) at the export resolution; same output.
 * functions ``serve`` / ``serve_train`` (images -> tensor, inference and
   training mode) for ``keras.layers.TFSMLayer``.
 """
@@ -38,17 +39,17 @@ import numpy as np
 import tensorflow as tf
 
 import nfnet_keras
-from nfnet_keras.models import MODELS
+from nfnet_keras import weights as weights_lib
 from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD
 from nfnet_keras.layers import Normalize
+from nfnet_keras.models import registry
 
-from export import model_card
-from export import preprocessing
+from . import model_card, preprocessing
 
 OUTPUTS = ("classification", "feature_vector")
 OUTPUT_KEYS = {"classification": "logits", "feature_vector": "feature_vector"}
 # The smallest input side NF models accept (keras.applications `min_size`
-# in `nfnet_keras.models._common.validate_arguments`).
+# in `nfnet_keras.models.builder`).
 MIN_IMAGE_SIZE = 32
 # Verification tolerance: max |SavedModel - Keras| <= VERIFY_TOLERANCE *
 # max(1, max |Keras|), float32 rounding with margin for deep models.
@@ -61,27 +62,11 @@ _WRONG_DTYPES = (tf.uint8, tf.int32, tf.float16, tf.float64)
 # Model lookup and construction.
 
 
-def get_constructor(name):
-    """Returns the keras.applications-style constructor of a model name.
-
-    Names are those of `nfnet_keras.models.MODELS` (``nfnet_f0`` ...
-    ``nfnet_f7``, ``nfnet_tiny``, ``nf_resnet50``, ``nf_regnet_b0``, ...).
-    """
-    if not isinstance(name, str):
-        raise ValueError(f"`model` must be a model name string. Received: model={name!r}")
-    if name not in MODELS:
-        raise ValueError(f"Unknown model name {name!r}. Expected one of {sorted(MODELS)}.")
-    return MODELS[name]
-
-
-def available_models():
-    """The model names `get_constructor` knows in this installation."""
-    return sorted(MODELS)
-
-
-def default_image_size(name):
-    """The model's evaluation resolution (its constructor's default input side)."""
-    return get_constructor(name).default_size
+def model_eval_transform(name, image_size=None):
+    """The `serving_bytes` transform of a model name at `image_size`
+    (default: the row's evaluation resolution)."""
+    transform = weights_lib.eval_transform(registry.get_architecture(name))
+    return transform if image_size is None else transform.at_size(image_size)
 
 
 def build_keras_model(name, *, output="classification", weights=None, classes=1000):
@@ -96,12 +81,12 @@ def build_keras_model(name, *, output="classification", weights=None, classes=10
     """
     if output not in OUTPUTS:
         raise ValueError(f"`output` must be one of {OUTPUTS}. Received: output={output!r}")
-    constructor = get_constructor(name)
+    constructor = registry.constructor(name)
     images = keras.Input((None, None, 3), name="images")
     # [0, 1] pixels: (x - mean) / std equals the reference's
     # (255 x - 255 mean) / (255 std) (reference doc §3.1).
     normalized = Normalize(IMAGENET_MEAN, IMAGENET_STD, name="normalization")(images)
-    kwargs = dict(weights=weights, input_tensor=normalized)
+    kwargs = dict(weights=weights, input_tensor=normalized, include_preprocessing=False)
     if output == "classification":
         kwargs.update(include_top=True, classes=classes, classifier_activation=None)
     else:
@@ -155,7 +140,7 @@ class ReusableSavedModel(tf.__internal__.tracking.AutoTrackable):
     A `tf.Module` cannot be used: its `variables` property has no setter.
     """
 
-    def __init__(self, model, *, output, image_size, trainable=True):
+    def __init__(self, model, *, output, transform, trainable=True):
         super().__init__()
         # Not tracked: the SavedModel holds the model's tf.Variables once,
         # through `variables` (tracking the Keras model too would save every
@@ -194,7 +179,7 @@ class ReusableSavedModel(tf.__internal__.tracking.AutoTrackable):
         )
 
         def serving_bytes(image_bytes):
-            images = preprocessing.eval_transform_batch(image_bytes, image_size)
+            images = preprocessing.eval_transform_batch(image_bytes, transform)
             return {key: self._model(images, training=False)}
 
         self.serving_bytes = tf.function(serving_bytes, input_signature=[bytes_spec])
@@ -231,7 +216,7 @@ class ReusableSavedModel(tf.__internal__.tracking.AutoTrackable):
             self.__call__.get_concrete_function(tf.TensorSpec([None, None, None, None], dtype))
 
 
-def save(model, export_dir, *, output, image_size, fold=False):
+def save(model, export_dir, *, output, transform, fold=False):
     """Writes `model` (from `build_keras_model`) as a Reusable SavedModel.
 
     Args:
@@ -239,7 +224,7 @@ def save(model, export_dir, *, output, image_size, fold=False):
         export_dir: the SavedModel directory (replaced if it exists).
         output: ``"classification"`` or ``"feature_vector"`` (names the
             signatures' output).
-        image_size: the side of the `serving_bytes` evaluation crop.
+        transform: the `serving_bytes` evaluation transform (`EvalTransform`).
         fold: write the inference export: weight standardisation and
             constant scales folded (`nfnet_keras.fold_for_inference`), no trainable
             variables. Otherwise the raw, fine-tunable parameters.
@@ -249,9 +234,9 @@ def save(model, export_dir, *, output, image_size, fold=False):
     """
     if output not in OUTPUTS:
         raise ValueError(f"`output` must be one of {OUTPUTS}. Received: output={output!r}")
-    _check_image_size(image_size)
+    _check_image_size(transform.size)
     saved = nfnet_keras.fold_for_inference(model) if fold else model
-    root = ReusableSavedModel(saved, output=output, image_size=image_size, trainable=not fold)
+    root = ReusableSavedModel(saved, output=output, transform=transform, trainable=not fold)
     root.trace()
     if os.path.exists(export_dir):
         shutil.rmtree(export_dir)
@@ -275,13 +260,14 @@ def _sample_png(image_size, seed=0):
     return tf.io.encode_png(tf.constant(image.round().astype("uint8"))).numpy()
 
 
-def verify(export_dir, model, *, output, image_size, batch_size=2, seed=0):
+def verify(export_dir, model, *, output, transform, batch_size=2, seed=0):
     """Reloads a SavedModel and compares every entry with the Keras model.
 
     Returns a dict of max absolute differences; raises `RuntimeError` when
     one exceeds the float32 tolerance.
     """
     key = OUTPUT_KEYS[output]
+    image_size = transform.size
     loaded = tf.saved_model.load(export_dir)
     images = np.random.default_rng(seed).random(
         (batch_size, image_size, image_size, 3), dtype="float32"
@@ -289,7 +275,7 @@ def verify(export_dir, model, *, output, image_size, batch_size=2, seed=0):
     expected = keras.ops.convert_to_numpy(model(images, training=False))
     png = _sample_png(image_size, seed)
     expected_bytes = keras.ops.convert_to_numpy(
-        model(preprocessing.eval_transform_batch(tf.constant([png]), image_size))
+        model(preprocessing.eval_transform_batch(tf.constant([png]), transform))
     )
     results = {
         "__call__": loaded(tf.constant(images)),
@@ -372,6 +358,7 @@ def export(
     ema_weights=None,
     output="classification",
     image_size=None,
+    eval_transform=None,
     classes=1000,
     fold=False,
     verify_export=True,
@@ -390,7 +377,7 @@ def export(
       Models metadata (see `upload_to_kaggle`).
 
     Args:
-        model: a model name (`available_models()`).
+        model: a model name (`nfnet_keras.list_models()`).
         out_dir: the output directory (created; its `saved_model/` is replaced).
         weights: weights for the constructor (`.weights.h5` path, ...).
         ema_weights: like `weights`, for a file holding the exponential moving
@@ -400,6 +387,9 @@ def export(
         output: ``"classification"`` (logits) or ``"feature_vector"``.
         image_size: the evaluation resolution (bytes signature, card,
             verification); defaults to the variant's test resolution.
+        eval_transform: the `serving_bytes` transform (an `EvalTransform`,
+            e.g. a training config's); default: the architecture's
+            (`nfnet_keras.weights.eval_transform`) at `image_size`.
         classes: classifier width (must match `weights`).
         fold: write the folded inference export (see `save`).
         verify_export: reload and compare after writing.
@@ -413,15 +403,19 @@ def export(
     """
     log = log or (lambda *args: None)
     # Every check before anything is built or written.
-    get_constructor(model)
+    registry.get_architecture(model)
     if output not in OUTPUTS:
         raise ValueError(f"`output` must be one of {OUTPUTS}. Received: output={output!r}")
     if weights is not None and ema_weights is not None:
         raise ValueError("Pass either `weights` or `ema_weights`, not both.")
     _check_weights_file(weights, "weights")
     _check_weights_file(ema_weights, "ema_weights")
-    if image_size is None:
-        image_size = default_image_size(model)
+    if image_size is not None:
+        _check_image_size(image_size)
+    transform = eval_transform or model_eval_transform(model, image_size)
+    if image_size is not None:
+        transform = transform.at_size(image_size)
+    image_size = transform.size
     _check_image_size(image_size)
 
     keras_model = build_keras_model(
@@ -430,11 +424,11 @@ def export(
     os.makedirs(out_dir, exist_ok=True)
     saved_model_dir = os.path.join(out_dir, "saved_model")
     log(f"Writing {'folded inference' if fold else 'fine-tunable'} SavedModel to {saved_model_dir}")
-    save(keras_model, saved_model_dir, output=output, image_size=image_size, fold=fold)
+    save(keras_model, saved_model_dir, output=output, transform=transform, fold=fold)
 
     diffs = {}
     if verify_export:
-        diffs = verify(saved_model_dir, keras_model, output=output, image_size=image_size)
+        diffs = verify(saved_model_dir, keras_model, output=output, transform=transform)
         log(
             "Verified: reloaded SavedModel matches the Keras model, max |difference| "
             + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
@@ -448,6 +442,7 @@ def export(
         classes=classes,
         num_features=int(keras_model.output.shape[-1]),
         params=int(keras_model.count_params()),
+        transform=transform,
         weights=os.path.basename(weights or ema_weights) if (weights or ema_weights) else None,
         ema=ema_weights is not None,
         folded=fold,

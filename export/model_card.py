@@ -2,8 +2,10 @@
 
 import dataclasses
 import os
-import re
 import string
+
+from nfnet_keras.models import registry
+from nfnet_keras.weights import rows as checkpoint_rows
 
 _TEMPLATE = os.path.join(os.path.dirname(__file__), "templates", "model_card.md")
 
@@ -33,6 +35,7 @@ class ModelInfo:
     classes: int
     num_features: int
     params: int
+    transform: object = None  # the `serving_bytes` EvalTransform
     weights: str = None  # weights file name, None for random initialisation
     ema: bool = False
     folded: bool = False
@@ -40,35 +43,21 @@ class ModelInfo:
     license_name: str = "Apache 2.0"
 
 
-def _title(model):
-    match = re.match(r"^nfnet_(\w+)$", model)
-    if match:
-        return f"NFNet-{match.group(1).upper() if match.group(1) != 'tiny' else 'tiny'}"
-    match = re.match(r"^nf_(resnet|regnet)_?(\w+)$", model)
-    if match:
-        family = "ResNet" if match.group(1) == "resnet" else "RegNet"
-        return f"NF-{family}-{match.group(2).upper()}"
-    return model
-
-
-def _published_top1(model):
-    match = re.match(r"^nfnet_(f[0-7])$", model)
-    if not match:
-        return None
-    from nfnet_keras.models.nfnet import VARIANTS
-
-    row = VARIANTS[match.group(1).upper()]
-    return row.top1, row.test_size
+def _published(model):
+    """(architecture row, preferred checkpoint row or None) of a model name."""
+    arch = registry.get_architecture(model)
+    rows = checkpoint_rows.checkpoints(arch.name)
+    return arch, (rows[0] if rows else None)
 
 
 def render(info):
     """The model card (Markdown) of an export."""
-    title = _title(info.model)
-    is_nfnet = info.model.startswith("nfnet_")
+    arch, published = _published(info.model)
+    title = arch.title
+    is_nfnet = arch.family == "nfnet"
     classification = info.output == "classification"
     publisher, _, rest = info.handle.partition("/")
     slug = rest.split("/")[0] + "/" + rest.split("/")[-1] if rest else info.model
-    top1 = _published_top1(info.model)
     if info.weights is None:
         weights_note = "random initialisation (structure only; not for inference)"
         metrics = "None: this export holds randomly initialised weights."
@@ -81,11 +70,13 @@ def render(info):
             "ImageNet ILSVRC-2012 (1,281,167 training images, 1000 classes) for the "
             "published checkpoints; for other weights, see their provenance."
         )
-        if top1 and top1[0]:
+        if published:
+            size = published.eval_transform.size
             metrics = (
-                f"The published {title} checkpoint reports {top1[0]}% ImageNet top-1 at "
-                f"{top1[1]}x{top1[1]} (deepmind-research `nfnets` README). This export "
-                "reproduces the checkpoint's outputs; accuracy was not re-measured here."
+                f"The published {title} checkpoint `{published.name}` reports "
+                f"{published.top1}% ImageNet top-1 at {size}x{size} ({published.top1_source}). "
+                "This export reproduces the checkpoint's outputs; accuracy was not "
+                "re-measured here."
             )
         else:
             metrics = "Not published for these weights."
@@ -148,10 +139,10 @@ def render(info):
         + " (Normalizer-Free network).",
         asset_path=f"https://www.kaggle.com/models/{info.handle}",
         task="image-classification" if classification else "image-feature-vector",
-        architecture=info.model.split("_")[0] + ("" if is_nfnet else "-" + info.model.split("_")[1]),
+        architecture=arch.family.replace("_", "-"),
         architecture_note=(
             f"{title}, timm conventions (exact GELU, timm weight standardisation)"
-            if info.model.startswith("timm_")
+            if arch.convention == "timm"
             else f"{title}, deepmind-research `nfnets` conventions (tanh-GELU, "
             "DeepMind weight standardisation, TensorFlow SAME padding)"
         ),
@@ -159,7 +150,13 @@ def render(info):
         license_id=_LICENSE_IDS.get(info.license_name.lower(), info.license_name.lower()),
         license_name=info.license_name,
         image_size=info.image_size,
-        resize=info.image_size + 32,
+        resize=info.transform.resize,
+        resize_doc=(
+            "the shorter side (aspect ratio kept)"
+            if info.transform.keep_aspect
+            else "the whole image (aspect ratio not kept)"
+        )
+        + (", antialiased" if info.transform.antialias else ""),
         params=f"{info.params:,}",
         weights_note=weights_note,
         export_note=export_note,
@@ -187,7 +184,7 @@ def kaggle_metadata(info):
             f"Received: handle={info.handle!r}"
         )
     owner, model_slug, framework, variation = parts
-    title = _title(info.model)
+    title = registry.get_architecture(info.model).title
     return {
         "model-metadata.json": {
             "ownerSlug": owner,

@@ -1,8 +1,8 @@
 """nfnet_keras: Normalizer-Free networks for Keras 3."""
 
 from nfnet_keras import analysis, baselines, callbacks, layers, optimizers, regularizers
+from nfnet_keras.agc import AGCOptimizer, NFModel, adaptive_clip, unitwise_norm
 from nfnet_keras.folding import fold_for_inference
-from nfnet_keras.agc import NFModel, adaptive_clip, unitwise_norm
 from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
 from nfnet_keras.callbacks import FreezeOut
 from nfnet_keras.layers import (
@@ -17,7 +17,7 @@ from nfnet_keras.layers import (
 from nfnet_keras.normalization import EvoNormB0, EvoNormS0
 from nfnet_keras.regularizers import FilterOrthogonal
 from nfnet_keras.optimizers import NFSGD
-from nfnet_keras.models.nfnet import (
+from nfnet_keras.models import (
     NFNet,
     NFNetF0,
     NFNetF1,
@@ -27,8 +27,6 @@ from nfnet_keras.models.nfnet import (
     NFNetF5,
     NFNetF6,
     NFNetF7,
-)
-from nfnet_keras.models.nf_regnet import (
     NFRegNet,
     NFRegNetB0,
     NFRegNetB1,
@@ -36,16 +34,12 @@ from nfnet_keras.models.nf_regnet import (
     NFRegNetB3,
     NFRegNetB4,
     NFRegNetB5,
-)
-from nfnet_keras.models.nf_resnet import (
     NFResNet,
     NFResNet26,
     NFResNet50,
     NFResNet101,
     NFResNet152,
     NFResNet200,
-)
-from nfnet_keras.models.timm_variants import (
     TimmNFRegNet,
     TimmNFRegNetB0,
     TimmNFRegNetB1,
@@ -57,7 +51,64 @@ from nfnet_keras.models.timm_variants import (
     TimmNFResNet26,
     TimmNFResNet50,
     TimmNFResNet101,
+    get_model,
+    list_models,
 )
-from nfnet_keras.models import MODELS, get_model
+from nfnet_keras.presets import from_preset
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AGCOptimizer",
+    "GammaAct",
+    "NFModel",
+    "NFNet",
+    "NFNetF0",
+    "NFNetF1",
+    "NFNetF2",
+    "NFNetF3",
+    "NFNetF4",
+    "NFNetF5",
+    "NFNetF6",
+    "NFNetF7",
+    "NFRegNet",
+    "NFRegNetB0",
+    "NFRegNetB1",
+    "NFRegNetB2",
+    "NFRegNetB3",
+    "NFRegNetB4",
+    "NFRegNetB5",
+    "NFResNet",
+    "NFResNet26",
+    "NFResNet50",
+    "NFResNet101",
+    "NFResNet152",
+    "NFResNet200",
+    "NFSGD",
+    "PerGroupConv2D",
+    "ScaledStdConv2D",
+    "SkipGain",
+    "SqueezeExcite",
+    "StochasticDepth",
+    "TimmNFRegNet",
+    "TimmNFRegNetB0",
+    "TimmNFRegNetB1",
+    "TimmNFRegNetB2",
+    "TimmNFRegNetB3",
+    "TimmNFRegNetB4",
+    "TimmNFRegNetB5",
+    "TimmNFResNet",
+    "TimmNFResNet26",
+    "TimmNFResNet50",
+    "TimmNFResNet101",
+    "adaptive_clip",
+    "decode_predictions",
+    "fold_for_inference",
+    "from_preset",
+    "get_model",
+    "layers",
+    "list_models",
+    "optimizers",
+    "preprocess_input",
+    "unitwise_norm",
+]

@@ -22,14 +22,18 @@ transform applied in `train_step`, before `apply()`, therefore sees one
 replica's gradient, still multiplied by the loss scale; an explicit
 all-reduce there would be summed a second time by `apply()`. The one place
 that sees the cross-replica, unscaled, accumulated gradient exactly once is
-the optimizer's per-variable `update_step`: `NFModel` wraps the
-`update_step` of whatever optimizer it is compiled with (the inner one of a
-`LossScaleOptimizer`) so that AGC runs first and the optimizer's own update
-(momentum, weight decay, ...) sees the clipped gradient -- the order of
+the per-variable `update_step`: `NFModel.compile` wraps whatever optimizer
+it is given in an `AGCOptimizer` (inside a `LossScaleOptimizer`, as Keras
+wraps one for mixed precision) whose `update_step` applies AGC and then the
+given optimizer's own update (momentum, weight decay, ...) -- the order of
 deepmind-research `nfnets/optim.py` `SGD_AGC` (reference doc §7.4).
 """
 
+import contextlib
 import math
+import sys
+import threading
+import warnings
 
 import keras
 from keras import ops
@@ -47,12 +51,34 @@ _GRAD_NORM_FLOOR = 1e-6
 # The classifier kernel is not clipped (paper §4.1 "we find it is beneficial
 # not to clip the final linear layer"); the reference still clips the
 # classifier bias (`experiment_nfnets.py` `_make_opt`, reference doc §7.3).
-DEFAULT_AGC_EXCLUDE = ("predictions/kernel",)
+# The classifier is found by structure (`classifier_layers`).
+# Layers without weights that may sit between the classifier and the output.
+_PASS_THROUGH = (
+    keras.layers.Activation,
+    keras.layers.Dropout,
+    keras.layers.Softmax,
+    keras.layers.Identity,
+    keras.layers.Rescaling,
+)
 # Kernels of Keras Dense (in, out), Conv1D (w, in, out), Conv2D (h, w, in,
 # out) and Conv3D (d, h, w, in, out): the output unit is the last axis.
 _MAX_RANK = 5
 
 _LOW_PRECISION = ("float16", "bfloat16")
+# Keras walks functional graphs recursively (building, saving, loading);
+# NFNet-F6/F7 are ~1,300 layers deep, past Python's default limit of 1,000.
+_RECURSION_LIMIT = 20_000
+
+
+@contextlib.contextmanager
+def deep_graph():
+    """Raises Python's recursion limit for the enclosed graph walk only."""
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, _RECURSION_LIMIT))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
 
 
 def unitwise_norm(x):
@@ -172,57 +198,198 @@ def adaptive_clip(gradients, variables, clipping=DEFAULT_CLIPPING, eps=DEFAULT_E
 # ---------------------------------------------------------------------------
 
 
-def _leaf_optimizers(optimizer):
-    """The optimizers that own `update_step`: unwraps loss scaling."""
-    inner = getattr(optimizer, "inner_optimizer", None)
-    if inner is not None:  # LossScaleOptimizer
-        return _leaf_optimizers(inner)
-    if hasattr(optimizer, "optimizers"):  # a MultiOptimizer
-        return [leaf for opt in optimizer.optimizers for leaf in _leaf_optimizers(opt)]
-    return [optimizer]
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AGCOptimizer(keras.optimizers.Optimizer):
+    """Applies an optimizer's update to adaptively clipped gradients.
 
+    `NFModel.compile` wraps the optimizer it is given in this class, as
+    Keras wraps one in `LossScaleOptimizer` for mixed precision; the given
+    optimizer is not modified, and its variables (slots, iterations, EMA
+    averages, accumulators) are the ones that train. Each step runs Keras's
+    `apply` pipeline -- gradient accumulation, clipping and weight decay of
+    the inner optimizer, the cross-replica sum -- and then, per variable,
+    AGC of the model followed by the inner optimizer's `update_step` (the
+    order of deepmind-research `nfnets/optim.py` `SGD_AGC`, reference doc
+    §7.4). That per-variable step is the one place that sees the
+    cross-replica, unscaled, accumulated gradient exactly once (module
+    docstring).
 
-class _AGCUpdateStep:
-    """Replaces one optimizer's `update_step`: AGC first, then the update.
-
-    It runs per variable, on each device's copy, after the cross-replica sum
-    (see the module docstring), and records per variable the number of
-    clipped units and the squared norm of the (unclipped) global gradient in
-    `stats`, a variable mirrored like the optimizer's own slots, from which
+    It records per variable the number of clipped units and the squared norm
+    of the (unclipped) global gradient in the model's `stats`, from which
     `NFModel.train_step` computes its metrics.
+
+    Args:
+        inner_optimizer: the optimizer (instance, name or config) to wrap.
     """
 
-    def __init__(self, model, optimizer, stats, index, excluded):
-        self.model = model
-        self.optimizer = optimizer
-        self.stats = stats
-        self.index = index  # optimizer var key -> row of `stats`
-        self.excluded = excluded  # optimizer var keys left unclipped
-        # The class's own method: installing twice must not wrap a wrapper.
-        self.update_step = type(optimizer).update_step.__get__(optimizer)
+    def __init__(self, inner_optimizer, name=None):
+        inner = keras.optimizers.get(inner_optimizer)
+        if isinstance(inner, (AGCOptimizer, keras.optimizers.LossScaleOptimizer)):
+            raise ValueError(
+                "`inner_optimizer` must be a plain Keras optimizer (loss scaling wraps "
+                f"AGC, not the reverse). Received: {type(inner).__name__}"
+            )
+        # The loss scale factor moves here: `NFModel.train_step` scales the
+        # loss with this optimizer and `apply` unscales the gradients.
+        super().__init__(
+            learning_rate=0.0,
+            name=name or "agc_optimizer",
+            loss_scale_factor=inner.loss_scale_factor,
+        )
+        self.inner_optimizer = inner
+        self._agc = None  # set by `NFModel` before training (`install`)
 
-    def __call__(self, gradient, variable, learning_rate):
-        key = self.optimizer._var_key(variable)
-        row = self.index.get(key)
-        clipping = self.model.agc_clipping
+    def __getattr__(self, name):
+        # The inner optimizer's slots and settings (`momentums`,
+        # `_model_variables_moving_average`, ...), as `LossScaleOptimizer`
+        # users expect to reach them.
+        inner = self.__dict__.get("inner_optimizer")
+        if inner is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def install(self, model, stats, variables, excluded):
+        """Connects the model whose AGC settings and `stats` are used."""
+        inner = self.inner_optimizer
+        self._agc = (
+            model,
+            stats,
+            {inner._var_key(v): i for i, v in enumerate(variables)},  # var -> row of stats
+            {inner._var_key(v) for v in excluded},  # left unclipped
+        )
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    def build(self, var_list):
+        self.inner_optimizer.build(var_list)
+        super().build(var_list)
+
+    def apply(self, grads, trainable_variables=None):
+        super().apply(grads, trainable_variables)
+        # The inner optimizer counts its steps as if it had applied them
+        # (its learning-rate schedule, Adam's bias correction, EMA warm-up).
+        self.inner_optimizer._iterations.assign_add(1)
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        inner = self.inner_optimizer
+        steps = inner.gradient_accumulation_steps
+        if not steps:
+            self._apply_clipped(grads, trainable_variables)
+        else:
+            # Keras's accumulation (`BaseOptimizer._backend_apply_gradients`),
+            # in the inner optimizer's accumulators: AGC then sees the mean.
+            accumulated = [
+                inner._accumulated_gradients[inner._get_variable_index(v)]
+                for v in trainable_variables
+            ]
+
+            def update():
+                mean = [(g + a) / steps for g, a in zip(grads, accumulated)]
+                self._apply_clipped(mean, trainable_variables)
+                inner._backend_reset_gradient_accumulators()
+
+            ops.cond(
+                (inner._iterations + 1) % steps == 0,  # counts micro-batches
+                update,
+                lambda: inner._backend_increment_gradient_accumulators(grads, accumulated),
+            )
+        if inner.use_ema:
+            inner._update_model_variables_moving_average(inner._trainable_variables)
+            if inner.ema_overwrite_frequency:
+                ops.cond(
+                    (inner.iterations + 1) % inner.ema_overwrite_frequency == 0,
+                    lambda: inner._overwrite_model_variables_with_average_value(
+                        inner._trainable_variables
+                    ),
+                    lambda: None,
+                )
+
+    def _apply_clipped(self, grads, trainable_variables):
+        inner = self.inner_optimizer
+        grads = inner._clip_gradients(grads)
+        inner._apply_weight_decay(trainable_variables)
+        # This class's TF `_backend_update_step`: the cross-replica sum, then
+        # `update_step` per variable.
+        self._backend_update_step(grads, trainable_variables, self.learning_rate)
+
+    def update_step(self, gradient, variable, learning_rate):
+        inner = self.inner_optimizer
+        if self._agc is None:
+            return inner.update_step(gradient, variable, learning_rate)
+        model, stats, index, excluded = self._agc
+        key = inner._var_key(variable)
+        row = index.get(key)
         if row is None:  # not one of the model's variables
-            return self.update_step(gradient, variable, learning_rate)
+            return inner.update_step(gradient, variable, learning_rate)
         gradient = ops.convert_to_tensor(gradient)
-        if clipping is None or key in self.excluded:
+        if model.agc_clipping is None or key in excluded:
             dtype = keras.backend.standardize_dtype(gradient.dtype)
             g32 = ops.cast(gradient, "float32" if dtype in _LOW_PRECISION else dtype)
             n_clipped, sq_norm = 0.0, ops.sum(ops.square(g32))
         else:
-            gradient, clip, sq_norm = _clip_one(gradient, variable, clipping, self.model.agc_eps)
+            gradient, clip, sq_norm = _clip_one(gradient, variable, model.agc_clipping, model.agc_eps)
             n_clipped = ops.sum(ops.cast(clip, "float32"))
-        self._record(row, n_clipped, sq_norm)
-        return self.update_step(gradient, variable, learning_rate)
+        _record(stats, row, n_clipped, sq_norm)
+        return inner.update_step(gradient, variable, learning_rate)
 
-    def _record(self, row, n_clipped, sq_norm):
-        import tensorflow as tf
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
 
-        value = ops.stack([ops.cast(n_clipped, "float32"), ops.cast(sq_norm, "float32")])
-        self.stats.scatter_update(tf.IndexedSlices(value[None], [row]))
+    def get_config(self):
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.optimizers.serialize(self.inner_optimizer),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        inner = keras.optimizers.deserialize(
+            config.pop("inner_optimizer"), custom_objects=custom_objects
+        )
+        return cls(inner, **config)
+
+
+def _record(stats, row, n_clipped, sq_norm):
+    import tensorflow as tf
+
+    value = ops.stack([ops.cast(n_clipped, "float32"), ops.cast(sq_norm, "float32")])
+    stats.scatter_update(tf.IndexedSlices(value[None], [row]))
+
+
+def with_agc(optimizer):
+    """`optimizer` wrapped in `AGCOptimizer` (inside its loss scaling, if any)."""
+    optimizer = keras.optimizers.get(optimizer)
+    if isinstance(optimizer, AGCOptimizer):
+        return optimizer
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        inner = optimizer.inner_optimizer
+        if isinstance(inner, AGCOptimizer):
+            return optimizer
+        return keras.optimizers.LossScaleOptimizer(
+            AGCOptimizer(inner),
+            initial_scale=optimizer.initial_scale,
+            dynamic_growth_steps=optimizer.dynamic_growth_steps,
+        )
+    return AGCOptimizer(optimizer)
+
+
+def _agc_optimizer(optimizer):
+    """The `AGCOptimizer` of a compiled model's optimizer (under loss scaling)."""
+    while not isinstance(optimizer, AGCOptimizer):
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+        if optimizer is None:
+            return None
+    return optimizer
 
 
 class _AGCState:
@@ -251,14 +418,17 @@ class _AGCState:
         return [id(v) for v in model.trainable_variables] == [id(v) for v in self.variables]
 
     def install(self, model):
-        """Installs the AGC `update_step` on the model's current optimizer."""
+        """Connects the model's `AGCOptimizer` to this state."""
         excluded_vars = model._agc_excluded_variables()
         excluded_ids = {id(v) for v in excluded_vars}
         self.clipped_mask = [id(v) not in excluded_ids for v in self.variables]
-        for optimizer in _leaf_optimizers(model.optimizer):
-            index = {optimizer._var_key(v): i for i, v in enumerate(self.variables)}
-            excluded = {optimizer._var_key(v) for v in excluded_vars}
-            optimizer.update_step = _AGCUpdateStep(model, optimizer, self.stats, index, excluded)
+        optimizer = _agc_optimizer(model.optimizer)
+        if optimizer is None:
+            raise ValueError(
+                f"The optimizer of NFModel '{model.name}' was not installed by "
+                "`NFModel.compile`; compile the model to train it with AGC."
+            )
+        optimizer.install(model, self.stats, self.variables, excluded_vars)
 
     def update_metrics(self, model, applied):
         """Updates the metrics from the step's stats (weight 0 when skipped)."""
@@ -269,6 +439,51 @@ class _AGCState:
             total = max(sum(u for u, c in zip(self.units, self.clipped_mask) if c), 1)
             self.clip_fraction.update_state(ops.sum(stats[:, 0]) / total, sample_weight=weight)
         self.skipped_steps.update_state(1.0 - weight)
+
+
+def _producer(tensor):
+    """The layer that computed a symbolic tensor of a functional graph.
+
+    `_keras_history` is the KerasTensor's record of its producer; Keras has
+    no public graph-walking API for it.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation
+
+
+def classifier_layers(model):
+    """The classifier of each output: the last `Dense` layer feeding it.
+
+    Walks back from each output through layers without weights (activation,
+    dropout, rescaling) and into nested functional models; an output whose
+    last weighted layer is not a `Dense` (a feature extractor) has none.
+    """
+    found = []
+    pending = list(model.outputs)
+    while pending:
+        layer = _producer(pending.pop())
+        if isinstance(layer, keras.layers.Dense):
+            if all(layer is not f for f in found):
+                found.append(layer)
+        elif isinstance(layer, keras.Model) and hasattr(layer, "outputs"):
+            found.extend(f for f in classifier_layers(layer) if all(f is not g for g in found))
+        elif isinstance(layer, _PASS_THROUGH):
+            pending.append(layer.input)
+    return found
+
+
+_STEP = threading.local()
+
+
+@contextlib.contextmanager
+def _agc_step():
+    """Marks the (trace of the) forward pass of an `NFModel` training step."""
+    previous = getattr(_STEP, "active", False)
+    _STEP.active = True
+    try:
+        yield
+    finally:
+        _STEP.active = previous
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -304,12 +519,16 @@ class NFModel(keras.Model):
             step then still guards against non-finite gradients and reports
             `grad_norm`). Default 0.01 (the paper's).
         agc_eps: floor of the weight norm (default 1e-3, the paper's).
+        pretrained_cfg: metadata of the architecture and checkpoint (input
+            size, mean/std, crop and interpolation, source, top-1), as
+            timm's `pretrained_cfg`; set by the constructors, kept by
+            `get_config`.
         agc_exclude: variables that are not clipped, as variable objects or
             strings; a string names a variable path (``"predictions/kernel"``)
             or a layer (``"predictions"`` = all its variables). `None` means
-            ``("predictions/kernel",)``: the classifier kernel is not clipped,
-            its bias is (deepmind-research `experiment_nfnets.py`; reference
-            doc §7.3). A given list replaces that default, and each entry
+            the kernel of the classifier -- the last `Dense` layer feeding
+            each output, whatever its name -- is not clipped, its bias is
+            (deepmind-research `experiment_nfnets.py`; reference doc §7.3). A given list replaces that default, and each entry
             must match some trainable variable.
         **kwargs: other `keras.Model` arguments.
     """
@@ -320,9 +539,11 @@ class NFModel(keras.Model):
         agc_clipping=DEFAULT_CLIPPING,
         agc_eps=DEFAULT_EPS,
         agc_exclude=None,
+        pretrained_cfg=None,
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
+        with deep_graph():
+            super().__init__(*args, **kwargs)
         _check_clip_arguments(agc_clipping, agc_eps, allow_none=True)
         self.agc_clipping = None if agc_clipping is None else float(agc_clipping)
         self.agc_eps = float(agc_eps)
@@ -331,6 +552,8 @@ class NFModel(keras.Model):
         # `make_train_function`; bypasses attribute tracking so that it is
         # neither saved nor checkpointed.
         object.__setattr__(self, "_agc_state_obj", None)
+        # A plain dict (not tracked): metadata, not state.
+        object.__setattr__(self, "pretrained_cfg", dict(pretrained_cfg or {}))
 
     # -- configuration -----------------------------------------------------
 
@@ -360,9 +583,8 @@ class NFModel(keras.Model):
     def _agc_excluded_variables(self):
         variables = self.trainable_variables
         if self.agc_exclude is None:
-            patterns, strict = DEFAULT_AGC_EXCLUDE, False
-        else:
-            patterns, strict = self.agc_exclude, True
+            return [layer.kernel for layer in classifier_layers(self)]
+        patterns, strict = self.agc_exclude, True
         excluded = []
         for pattern in patterns:
             matched = [v for v in variables if v.path == pattern or v.path.startswith(pattern + "/")]
@@ -376,15 +598,41 @@ class NFModel(keras.Model):
         return excluded
 
     def get_config(self):
-        config = super().get_config()
+        with deep_graph():
+            config = super().get_config()
         config.update(
             {
+                "pretrained_cfg": self.pretrained_cfg or None,
                 "agc_clipping": self.agc_clipping,
                 "agc_eps": self.agc_eps,
                 "agc_exclude": None if self.agc_exclude is None else list(self.agc_exclude),
             }
         )
         return config
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        if training and self.agc_clipping is not None and not getattr(_STEP, "active", False):
+            # Keras's call context names the outermost layer being called
+            # (no public accessor): another model is training this one.
+            from keras.src.backend.common import global_state
+
+            context = global_state.get_global_attribute("current_call_ctx")
+            if context is not None and context.entry_layer is not self:
+                self._warn_without_agc()
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def _warn_without_agc(self):
+        if getattr(self, "_warned_without_agc", False):
+            return
+        object.__setattr__(self, "_warned_without_agc", True)
+        warnings.warn(
+            f"The NF model '{self.name}' is being trained inside a model that does not "
+            "apply Adaptive Gradient Clipping (only `NFModel.fit` does). To keep AGC, "
+            "build the whole network as one NFModel: "
+            "`nfnet_keras.NFModel(backbone.input, head(backbone.output))`, or use "
+            "`nfnet_keras.from_preset(name, num_classes=...)`.",
+            stacklevel=2,
+        )
 
     # -- compile -----------------------------------------------------------
 
@@ -401,6 +649,11 @@ class NFModel(keras.Model):
         self.agc_eps = float(new_eps)
         if not (isinstance(agc_exclude, str) and agc_exclude == "keep"):
             self.agc_exclude = self._normalize_exclude(agc_exclude)
+        with self.distribute_strategy.scope():  # the wrapper's variables too
+            if args:  # `optimizer` is the first positional argument of `compile`
+                args = (with_agc(args[0]),) + args[1:]
+            else:
+                kwargs["optimizer"] = with_agc(kwargs.get("optimizer", "rmsprop"))
         super().compile(*args, **kwargs)
 
     def compile_from_config(self, config):
@@ -445,7 +698,7 @@ class NFModel(keras.Model):
         from keras.src.losses.loss import unscale_loss_for_distribution
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, _agc_step():
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
             self._loss_tracker.update_state(

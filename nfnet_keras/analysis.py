@@ -158,8 +158,9 @@ def signal_propagation(
         model: a model of this package or of `nfnet_keras.baselines` (any
             functional model whose residual blocks are named
             ``stage{s}_block{b}_*`` with an ``add`` layer).
-        images: an NHWC batch; `None` draws unit-Gaussian noise, the
-            paper's input.
+        images: an NHWC batch, fed to the model as it is; `None` draws
+            unit-Gaussian noise, the paper's input, as the input of the
+            network after any in-model preprocessing.
         batch_size: batch of the noise (default 8).
         image_size: side of the noise images; defaults to the model's input
             size.
@@ -189,6 +190,12 @@ def signal_propagation(
     input_shape = tuple(model.inputs[0].shape[1:])
     if images is None:
         images = _gaussian_images(input_shape, batch_size, image_size, seed)
+        # The noise is the input of the network proper: through in-model
+        # preprocessing (`include_preprocessing=True`) it is fed as the pixels
+        # that the normalisation maps onto it.
+        for layer in model.layers:
+            if isinstance(layer, nf_layers.Normalize) and layer.input is model.inputs[0]:
+                images = images * np.float32(layer.std) + np.float32(layer.mean)
     else:
         images = np.asarray(images, dtype="float32")
         if images.ndim != 4 or images.shape[-1] != input_shape[-1]:
@@ -356,9 +363,9 @@ def main(argv=None):
     import argparse
 
     from nfnet_keras import baselines
-    from nfnet_keras.models import MODELS, get_model
+    from nfnet_keras.models import get_architecture, get_model, list_models
 
-    names = sorted(MODELS) + sorted(baselines.MODELS)
+    names = list_models() + sorted(baselines.MODELS)
     parser = argparse.ArgumentParser(
         prog="nfnet-spp", description="Signal Propagation Plot of models at initialisation."
     )
@@ -379,14 +386,17 @@ def main(argv=None):
     results = []
     for name in args.models:
         shape = (args.image_size, args.image_size, 3)
-        if name in MODELS:
-            model = get_model(name, include_top=False, input_shape=shape, weights=args.weights)
-            gain = args.skip_gain if args.weights is None else None
-        elif name in baselines.MODELS:
+        if name in baselines.MODELS:
             model = baselines.MODELS[name](include_top=False, input_shape=shape)
             gain = None
         else:
-            parser.error(f"unknown model {name!r}; expected one of {names}")
+            try:
+                get_architecture(name)
+            except ValueError:
+                parser.error(f"unknown model {name!r}; expected one of {names}")
+            model = get_model(name, include_top=False, input_shape=shape, weights=args.weights)
+            has_gains = any(isinstance(layer, nf_layers.SkipGain) for layer in model.layers)
+            gain = args.skip_gain if args.weights is None and has_gains else None
         results.append(
             signal_propagation(model, batch_size=args.batch_size, seed=args.seed, skip_gain=gain)
         )

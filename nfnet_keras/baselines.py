@@ -24,7 +24,7 @@ import keras
 from keras import layers
 
 from nfnet_keras.layers import StdConv2D
-from nfnet_keras.models import _common
+from nfnet_keras.models import builder
 from nfnet_keras.normalization import EvoNormB0, EvoNormS0
 
 # ResNet-50 (He et al. 2016): bottleneck blocks per stage, stage output
@@ -64,10 +64,10 @@ def _input(input_shape, include_top, pooling, classes):
 
 
 def _head(x, include_top, pooling, classes, classifier_activation, initializer):
-    return _common.head(
+    return builder.head(
         x, include_top=include_top, pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, dropout_rate=0.0,
-        classifier_initializer=initializer,
+        initializer=initializer,
     )
 
 

@@ -20,12 +20,12 @@ extensions reference §5):
 ``lr`` is the compiled optimizer's learning rate: compile with a constant
 learning rate (the reference's 0.1) to get the reference schedule; a Keras
 schedule multiplies with it. The per-group rate is applied by scaling the
-learning rate each optimizer's `update_step` receives, per variable --
+learning rate the optimizer's `update_step` receives, per variable --
 exact for optimizers whose update is linear in the learning rate given
 their state (`NFSGD`, i.e. PyTorch's SGD as the reference used, Adam, ...),
 not for Keras's own `SGD(momentum>0)`, which folds the learning rate into
-its momentum. It composes with `NFModel`'s AGC (clipping does not depend on
-the learning rate).
+its momentum. It composes with `NFModel`'s AGC and with loss scaling, which
+call that `update_step` (clipping does not depend on the learning rate).
 """
 
 import math
@@ -103,6 +103,14 @@ def forward_flops(layers):
         elif isinstance(layer, keras.layers.Dense):
             total += 2 * int(np.prod(layer.kernel.shape))
     return total
+
+
+def _innermost(optimizer):
+    """The optimizer that updates the variables, inside loss scaling and
+    `AGCOptimizer` (both call its `update_step` per variable)."""
+    while getattr(optimizer, "inner_optimizer", None) is not None:
+        optimizer = optimizer.inner_optimizer
+    return optimizer
 
 
 class _ScaledUpdateStep:
@@ -197,8 +205,7 @@ class FreezeOut(keras.callbacks.Callback):
                 "FreezeOut needs the number of steps of the run: give `fit` a dataset of "
                 f"known length or `steps_per_epoch`. Received: steps={steps!r}, epochs={epochs!r}"
             )
-        optimizer = self.model.optimizer
-        if getattr(optimizer, "use_ema", False):
+        if _innermost(self.model.optimizer).use_ema:
             raise ValueError(
                 "FreezeOut does not support optimizers with `use_ema=True`: Keras pairs the EMA "
                 "slots with the trainable variables by position, which freezing shifts."
@@ -216,30 +223,21 @@ class FreezeOut(keras.callbacks.Callback):
                 np.ones(len(self._groups), "float32"), trainable=False,
                 name="freezeout_lr_multipliers",
             )
-        self._original_update_steps = {}
         self._install()
 
-    def _leaf_optimizers(self):
-        from nfnet_keras.agc import _leaf_optimizers
-
-        return _leaf_optimizers(self.model.optimizer)
-
     def _install(self):
-        for optimizer in self._leaf_optimizers():
-            if isinstance(optimizer.update_step, _ScaledUpdateStep):
-                continue
-            # The instance's own `update_step` (NFModel's AGC) or None (the class's).
-            original = (optimizer, optimizer.__dict__.get("update_step"))
-            self._original_update_steps.setdefault(id(optimizer), original)
-            index = {
-                optimizer._var_key(v): i
-                for i, group in enumerate(self._groups)
-                for layer in group
-                for v in layer.trainable_weights
-            }
-            optimizer.update_step = _ScaledUpdateStep(
-                optimizer, optimizer.update_step, self._multipliers, index
-            )
+        optimizer = _innermost(self.model.optimizer)
+        if isinstance(optimizer.update_step, _ScaledUpdateStep):
+            return
+        index = {
+            optimizer._var_key(v): i
+            for i, group in enumerate(self._groups)
+            for layer in group
+            for v in layer.trainable_weights
+        }
+        optimizer.update_step = _ScaledUpdateStep(
+            optimizer, optimizer.update_step, self._multipliers, index
+        )
 
     # -- schedule ----------------------------------------------------------------
 
@@ -257,7 +255,6 @@ class FreezeOut(keras.callbacks.Callback):
             self._frozen = freeze
             self.frozen_at.append(self._step)
             self.model.make_train_function(force=True)
-            self._install()  # NFModel re-installs its AGC update step
         self._multipliers.assign(
             np.array([lr_multiplier(t, t_i, self.scale_lr) for t_i in self._points], "float32")
         )
@@ -269,9 +266,7 @@ class FreezeOut(keras.callbacks.Callback):
         for group, flags in zip(self._groups, self._was_trainable):
             for layer, flag in zip(group, flags):
                 layer.trainable = flag
-        for optimizer, update_step in self._original_update_steps.values():
-            if update_step is None:
-                del optimizer.update_step  # back to the class's method
-            else:
-                optimizer.update_step = update_step
+        optimizer = _innermost(self.model.optimizer)
+        if isinstance(optimizer.__dict__.get("update_step"), _ScaledUpdateStep):
+            del optimizer.update_step  # back to the class's method
         self.model.make_train_function(force=True)

@@ -61,35 +61,69 @@ def preprocess_input(x, data_format=None):
 
 
 def resize_and_center_crop(
-    images, size, resize, keep_aspect=False, antialias=False, interpolation="bicubic"
+    images,
+    size,
+    resize,
+    keep_aspect=False,
+    antialias=False,
+    interpolation="bicubic",
+    centre="deepmind",
 ):
     """The evaluation resize-then-crop of the NF checkpoints (no normalisation).
 
     Resizes so that both sides (``keep_aspect=False``, "squash") or the
-    shorter side (``keep_aspect=True``) equal `resize`, then takes the
-    centre ``size x size`` crop at deepmind-research's offset
-    ``(resized - size + 1) // 2`` (`nfnets/dataset.py`
-    `_decode_and_resize_then_crop`; reference doc §8.1). Bicubic without
+    shorter side (``keep_aspect=True``, the longer one to
+    ``floor(resize * long / short)`` as torchvision's `Resize`) equal
+    `resize`, then takes the centre ``size x size`` crop. Bicubic without
     antialiasing and without clamping is DeepMind's `resize_crop_32`
-    (``resize = size + 32``); timm resizes with antialiasing.
+    (``resize = size + 32``); timm resizes with antialiasing. Works on
+    images whose height and width are only known at run time (the
+    exported `serving_bytes` signature).
 
     Args:
         images: ``(H, W, 3)`` or ``(N, H, W, 3)``, any real or integer dtype.
+        centre: where the crop starts for a margin ``d``: ``"deepmind"``
+            ``(d + 1) // 2`` (`nfnets/dataset.py`
+            `_decode_and_resize_then_crop`; reference doc §8.1) or
+            ``"torchvision"`` ``round(d / 2)``, half to even (torchvision
+            `CenterCrop`, timm's evaluation).
 
     Returns:
         float32 ``(..., size, size, 3)``, in the input's value range.
     """
+    if centre not in ("deepmind", "torchvision"):
+        raise ValueError(f"`centre` must be 'deepmind' or 'torchvision'. Received: centre={centre!r}")
     x = ops.cast(ops.convert_to_tensor(images), "float32")
-    if keep_aspect:
-        height, width = int(x.shape[-3]), int(x.shape[-2])
-        scale = resize / min(height, width)
-        new_h = resize if height <= width else int(height * scale)
-        new_w = resize if width <= height else int(width * scale)
-    else:
+    shape = ops.shape(x)
+    height, width = shape[-3], shape[-2]
+    static = isinstance(height, int) and isinstance(width, int)
+    if not keep_aspect:
         new_h = new_w = resize
-    x = ops.image.resize(x, (new_h, new_w), interpolation=interpolation, antialias=antialias)
-    top, left = (new_h - size + 1) // 2, (new_w - size + 1) // 2
-    return x[..., top : top + size, left : left + size, :]
+    elif static:
+        long = int(resize * max(height, width) / min(height, width))
+        new_h, new_w = (resize, long) if height <= width else (long, resize)
+    else:
+        h, w = ops.cast(height, "float64"), ops.cast(width, "float64")
+        long = ops.cast(ops.floor(resize * ops.maximum(h, w) / ops.minimum(h, w)), "int32")
+        new_h, new_w = ops.where(h <= w, resize, long), ops.where(w <= h, resize, long)
+    if static or not keep_aspect:
+        x = ops.image.resize(x, (new_h, new_w), interpolation=interpolation, antialias=antialias)
+    else:
+        # A size known only at run time: `keras.ops.image.resize` wants ints;
+        # TensorFlow's resize (what it calls on this backend) takes tensors.
+        import tensorflow as tf
+
+        x = tf.image.resize(x, tf.stack([new_h, new_w]), method=interpolation, antialias=antialias)
+    if centre == "deepmind":
+        top, left = (new_h - size + 1) // 2, (new_w - size + 1) // 2
+    elif static or not keep_aspect:
+        top, left = round((new_h - size) / 2), round((new_w - size) / 2)  # half to even
+    else:
+        top = ops.cast(ops.round((new_h - size) / 2), "int32")  # half to even
+        left = ops.cast(ops.round((new_w - size) / 2), "int32")
+    if len(shape) == 3:
+        return ops.slice(x, [top, left, 0], [size, size, 3])
+    return ops.slice(x, [0, top, left, 0], [shape[0], size, size, 3])
 
 
 def _class_index():

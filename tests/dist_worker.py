@@ -74,7 +74,7 @@ def build(model_cls=None, kind="tiny"):
         model = small_nf_model(CLIPPING)
     else:
         model = nfnet_keras.NFNet(
-            "tiny", input_shape=(32, 32, 3), classes=10, stochastic_depth_rate=0.0,
+            "tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10, stochastic_depth_rate=0.0,
             agc_clipping=CLIPPING,
         )
     if model_cls is not None:  # same graph and weights, other train_step

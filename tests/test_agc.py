@@ -284,7 +284,7 @@ def test_mixed_float16_clips_unscaled_gradient(mixed_float16):
 
 
 def test_save_load_round_trip_keeps_agc_settings(tmp_path):
-    model = nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), classes=10, agc_clipping=0.02)
+    model = nfnet_keras.NFNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10, agc_clipping=0.02)
     assert model.agc_clipping == 0.02 and model.agc_eps == 1e-3 and model.agc_exclude is None
     model.compile(agc_eps=2e-3, agc_exclude=["predictions", "stem_conv0/gain"], optimizer=nfnet_keras.NFSGD(0.01), loss="sparse_categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)  # saved with its state
@@ -294,7 +294,11 @@ def test_save_load_round_trip_keeps_agc_settings(tmp_path):
     loaded = keras.models.load_model(path)
     assert type(loaded) is agc.NFModel
     assert (loaded.agc_clipping, loaded.agc_eps, loaded.agc_exclude) == (0.02, 2e-3, ("predictions", "stem_conv0/gain"))
-    assert isinstance(loaded.optimizer, nfnet_keras.NFSGD)
+    # NFModel.compile wraps the optimizer (as loss scaling does); the wrapped
+    # optimizer, its class and its state come back.
+    assert isinstance(loaded.optimizer, nfnet_keras.AGCOptimizer)
+    assert isinstance(loaded.optimizer.inner_optimizer, nfnet_keras.NFSGD)
+    assert float(loaded.optimizer.inner_optimizer.learning_rate.numpy()) == pytest.approx(0.01)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
@@ -312,7 +316,7 @@ def test_tiny_nfnet_fits_small_dataset_and_head_kernel_never_clipped(monkeypatch
 
     monkeypatch.setattr(agc, "_clip_one", spy)
     keras.utils.set_random_seed(0)
-    model = nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), classes=10, stochastic_depth_rate=0.0, classifier_activation=None)
+    model = nfnet_keras.NFNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10, stochastic_depth_rate=0.0, classifier_activation=None)
     model.compile(optimizer=nfnet_keras.NFSGD(0.1, weight_decay=None), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.RandomState(0)
     x = rng.randn(16, 32, 32, 3).astype("float32")
@@ -324,3 +328,18 @@ def test_tiny_nfnet_fits_small_dataset_and_head_kernel_never_clipped(monkeypatch
     # clipped, its bias (10,) is (reference doc §7.3).
     assert (128, 10) not in clipped_shapes
     assert (10,) in clipped_shapes and (1, 1, 64, 128) in clipped_shapes
+
+
+def test_compile_wraps_without_touching_the_users_optimizer():
+    x, y, _ = hand_data()
+    model = hand_model(agc_clipping=0.002)
+    sgd = keras.optimizers.SGD(0.5, momentum=0.9)
+    class_update_step = type(sgd).update_step
+    model.compile(optimizer=sgd, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert isinstance(model.optimizer, agc.AGCOptimizer) and model.optimizer.inner_optimizer is sgd
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    assert "update_step" not in vars(sgd)  # no method replaced on the instance
+    assert type(sgd).update_step is class_update_step
+    # The user's optimizer holds the training state.
+    assert int(sgd.iterations.numpy()) == int(model.optimizer.iterations.numpy()) == 2
+    assert any(np.abs(m.numpy()).max() > 0 for m in sgd.momentums)

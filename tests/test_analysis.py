@@ -62,7 +62,8 @@ def test_matches_deepmind_metrics_on_a_haiku_checkpoint(tmp_path, row, size):
     layout = hf.TINY if row == "tiny" else hf.F0
     tree = hf.nfnet_tree(**layout, classes=10, seed=5)  # random, nonzero skip gains
     path = hf.write_haiku_pickle(tmp_path / f"{row}_haiku.npz", tree)
-    model = nfnet_keras.NFNet(row, input_shape=(size, size, 3), classes=10, weights=str(path))
+    model = nfnet_keras.NFNet(row, input_shape=(size, size, 3), classes=10, weights=str(path),
+                              include_preprocessing=False)  # DeepMind's nets take normalised images
     images = np.random.default_rng(1).standard_normal((4, size, size, 3)).astype("float32")
 
     stats = analysis.signal_propagation(model, images)
@@ -80,7 +81,7 @@ def test_matches_deepmind_metrics_on_a_haiku_checkpoint(tmp_path, row, size):
 def nf_resnet26():
     # 512 px keeps the last stage at 16 x 16, where SAME zero padding costs a
     # 3x3 conv only ~8 % of its variance (extensions reference §1.6).
-    return nfnet_keras.NFResNet26(include_top=False, input_shape=(512, 512, 3))
+    return nfnet_keras.NFResNet26(weights=None, include_top=False, input_shape=(512, 512, 3))
 
 
 def test_nf_resnet_at_init_follows_the_paper(nf_resnet26):
@@ -144,11 +145,12 @@ def test_relu_bn_conv_baseline(bn_stats):
 
 
 @pytest.mark.parametrize(
-    "name,size", [("nfnet_tiny", 32), ("nf_resnettiny", 32), ("nf_regnet_tiny", 32),
+    "name,size", [("nfnet_tiny", 32), ("nf_resnet_tiny", 32), ("nf_regnet_tiny", 32),
                   ("timm_nf_resnet26", 64), ("timm_nf_regnet_b0", 64)],
 )
 def test_every_family_is_probed_without_changing_it(name, size):
-    model = nfnet_keras.get_model(name, include_top=False, input_shape=(size, size, 3))
+    model = nfnet_keras.get_model(name, weights=None, include_top=False,
+                                  input_shape=(size, size, 3), include_preprocessing=False)
     images = np.random.default_rng(0).standard_normal((2, size, size, 3)).astype("float32")
     before = model(images).numpy()
     stats = analysis.signal_propagation(model, images)
@@ -159,8 +161,19 @@ def test_every_family_is_probed_without_changing_it(name, size):
     np.testing.assert_array_equal(model(images).numpy(), before)
 
 
+def test_gaussian_input_enters_after_in_model_preprocessing():
+    kwargs = dict(weights=None, include_top=False, input_shape=(32, 32, 3))
+    with_preprocessing = nfnet_keras.get_model("nf_resnet_tiny", include_preprocessing=True, **kwargs)
+    plain = nfnet_keras.get_model("nf_resnet_tiny", include_preprocessing=False, **kwargs)
+    plain.set_weights(with_preprocessing.get_weights())
+    a = analysis.signal_propagation(with_preprocessing, batch_size=2, skip_gain=1.0)
+    b = analysis.signal_propagation(plain, batch_size=2, skip_gain=1.0)
+    assert a == pytest.approx(b, rel=1e-3, abs=1e-6)
+
+
 def test_bad_input_is_named():
-    model = nfnet_keras.get_model("nf_resnettiny", include_top=False, input_shape=(32, 32, 3))
+    model = nfnet_keras.get_model("nf_resnet_tiny", weights=None, include_top=False,
+                                  input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match="`images` must be an NHWC batch with 3 channels"):
         analysis.signal_propagation(model, np.zeros((2, 32, 32)))
     with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
@@ -178,7 +191,8 @@ def test_plot_has_three_panels_one_point_per_block_and_transitions(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    model = nfnet_keras.get_model("nf_resnettiny", include_top=False, input_shape=(32, 32, 3))
+    model = nfnet_keras.get_model("nf_resnet_tiny", weights=None, include_top=False,
+                                  input_shape=(32, 32, 3))
     stats = [analysis.signal_propagation(model, batch_size=2, skip_gain=g) for g in (0.0, 1.0)]
     figure = analysis.plot_signal_propagation(stats, labels=["gain 0", "gain 1"])
     axes = figure.axes
@@ -199,7 +213,7 @@ def test_plot_has_three_panels_one_point_per_block_and_transitions(tmp_path):
 def test_command_writes_the_png(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "spp.png"
-    analysis.main(["nf_resnettiny", "nfnet_tiny", "--image-size", "32", "--batch-size", "2",
+    analysis.main(["nf_resnet_tiny", "nfnet_tiny", "--image-size", "32", "--batch-size", "2",
                    "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "nfnet_tiny: 4 blocks" in capsys.readouterr().out

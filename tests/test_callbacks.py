@@ -116,7 +116,8 @@ def _backprop_ops(model, images):
 
 
 def test_frozen_layers_leave_the_backward_pass():
-    model = nfnet_keras.get_model("nf_resnettiny", input_shape=(32, 32, 3), classes=10)
+    model = nfnet_keras.get_model("nf_resnet_tiny", weights=None, input_shape=(32, 32, 3),
+                                  classes=10)
     images = tf.zeros((2, 32, 32, 3))
     filters, inputs = _backprop_ops(model, images)
     groups = layer_groups(model)
@@ -131,7 +132,8 @@ def test_frozen_layers_leave_the_backward_pass():
 
 
 def test_predicted_saving_of_an_nf_model():
-    model = nfnet_keras.get_model("nf_resnettiny", input_shape=(32, 32, 3), classes=3)
+    model = nfnet_keras.get_model("nf_resnet_tiny", weights=None, input_shape=(32, 32, 3),
+                                  classes=3)
     freezeout = FreezeOut(t0=0.5, scaling="linear")
     freezeout.set_model(model)
     saving, saving_2x = freezeout.predicted_saving()

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import randomize  # noqa: E402 - tests/ is on sys.path
 from export import export as export_lib
 from export import preprocessing
 import nfnet_keras
 from nfnet_keras import layers as nf_layers
+from nfnet_keras.weights import deepmind_eval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -24,19 +26,6 @@ TOL = 1e-5  # float32 parity target of the export (issue text, reference doc §1
 TINY_SIZE = 32
 TINY_CLASSES = 10
 F0_SIZE = 64  # small, to keep the F0 structure test cheap; sizes are dynamic
-
-
-def _randomize(model, seed):
-    """Non-trivial weights: random gains and skip gains (init is 1 and 0)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, nf_layers.ScaledStdConv2D):
-            layer.gain.assign(rng.uniform(0.5, 1.5, layer.gain.shape).astype("float32"))
-            layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape).astype("float32"))
-        elif isinstance(layer, nf_layers.SkipGain):
-            layer.skip_gain.assign(np.float32(rng.uniform(0.5, 1.5)))
-        elif layer.name == "predictions":
-            layer.kernel.assign(rng.normal(0, 0.3, layer.kernel.shape).astype("float32"))
 
 
 def _images(batch, size, seed=0):
@@ -69,7 +58,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_weights(workdir):
     model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
-    _randomize(model, seed=1)
+    randomize(model, seed=1)
     path = str(workdir / "tiny.weights.h5")
     model.save_weights(path)
     return path
@@ -105,9 +94,9 @@ def tiny_features_folded(workdir, tiny_weights):
 def f0(workdir):
     """F0 structure (random weights) exported at 64 px."""
     model = export_lib.build_keras_model("nfnet_f0")
-    _randomize(model, seed=2)
+    randomize(model, seed=2)
     path = str(workdir / "f0")
-    export_lib.save(model, path, output="classification", image_size=F0_SIZE)
+    export_lib.save(model, path, output="classification", transform=deepmind_eval(F0_SIZE))
     return model, path
 
 
@@ -127,13 +116,13 @@ def test_eval_transform_matches_deepmind_resize_then_crop(kind):
     image = tf.image.resize(image, scale_size, tf.image.ResizeMethod.BICUBIC)
     offset = ((scale_size[0] - size) + 1) // 2
     reference = tf.image.crop_to_bounding_box(image, offset, offset, size, size) / 255.0
-    out = preprocessing.eval_transform(tf.constant(data), size)
+    out = preprocessing.eval_transform(tf.constant(data), deepmind_eval(size))
     assert out.shape == (size, size, 3) and out.dtype == tf.float32
     np.testing.assert_allclose(out.numpy(), reference.numpy(), atol=1e-6)
     # A constant image stays constant under the bicubic squash and crop.
     flat = tf.io.encode_png(tf.fill([30, 50, 3], tf.constant(200, tf.uint8)))
     np.testing.assert_allclose(
-        preprocessing.eval_transform(flat, size).numpy(), 200 / 255.0, atol=1e-5
+        preprocessing.eval_transform(flat, deepmind_eval(size)).numpy(), 200 / 255.0, atol=1e-5
     )
 
 
@@ -176,8 +165,40 @@ def test_bytes_signature_equals_eval_transform_then_model(tiny, kind):
     data = [_encoded(kind, seed=4), _encoded(kind, height=80, width=33, seed=6)]
     loaded = tf.saved_model.load(tiny.saved_model_dir)
     out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(data))["logits"]
-    images = tf.stack([preprocessing.eval_transform(tf.constant(d), TINY_SIZE) for d in data])
+    images = tf.stack([preprocessing.eval_transform(tf.constant(d), deepmind_eval(TINY_SIZE)) for d in data])
     _close(out, tiny.keras_model(images, training=False).numpy())
+
+
+def test_timm_bytes_signature_equals_timms_eval_transform_then_model(tmp_path):
+    """A timm_* export's `serving_bytes` is timm's evaluation (torchvision
+    Resize(int(S / crop_pct)) bicubic antialiased on the shorter side,
+    CenterCrop(S)) followed by the model."""
+    from _timm import torch
+    from torchvision import transforms
+
+    size = 64
+    transform = export_lib.model_eval_transform("timm_nf_resnet50", size)
+    row = nfnet_keras.weights.checkpoint("timm_nf_resnet50.ra2_in1k").eval_transform
+    assert transform == row.at_size(size) and transform.crop_pct == 0.94  # timm default_cfgs
+    model = randomize(export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES), seed=5)
+    path = str(tmp_path / "saved_model")
+    export_lib.save(model, path, output="classification", transform=transform)
+    # Odd margins (45x70 -> 68x105, crop 64: 41 columns) tell torchvision's
+    # centring from DeepMind's.
+    data = [_encoded("png", height=45, width=70, seed=8), _encoded("jpeg", height=90, width=61, seed=9)]
+    served = tf.saved_model.load(path).signatures["serving_bytes"](image_bytes=tf.constant(data))["logits"]
+    timm_eval = transforms.Compose(
+        [
+            transforms.Resize(int(size / 0.94), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+            transforms.CenterCrop(size),
+        ]
+    )
+    images = []
+    for encoded in data:
+        decoded = tf.io.decode_image(encoded, channels=3).numpy().astype("float32")
+        crop = timm_eval(torch.from_numpy(decoded.transpose(2, 0, 1).copy())).numpy()
+        images.append(crop.transpose(1, 2, 0) / 255.0)
+    _close(served, model(np.stack(images), training=False).numpy())
 
 
 def test_hub_load(tiny):
@@ -325,7 +346,7 @@ def _ws_reference(kernel, gain, eps=1e-4):
 
 def test_fold_model_matches_unfolded_and_folds_scales():
     model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
-    _randomize(model, seed=11)
+    randomize(model, seed=11)
     x = _images(2, TINY_SIZE, seed=12)
     expected = model(x).numpy()
 
@@ -356,12 +377,12 @@ def test_fold_model_matches_unfolded_and_folds_scales():
     np.testing.assert_array_equal(keras.saving.load_model(path)(x), folded(x))
 
 
-@pytest.mark.parametrize("name", ["nf_resnettiny", "nf_regnet_tiny"])
+@pytest.mark.parametrize("name", ["nf_resnet_tiny", "nf_regnet_tiny"])
 def test_fold_model_other_families(name):
     # NF-ResNet (no SE, max-pool stem) and NF-RegNet (SE in the middle of the
     # branch, zero-initialised head): the same folding rules apply.
     model = export_lib.build_keras_model(name, classes=TINY_CLASSES)
-    _randomize(model, seed=21)
+    randomize(model, seed=21)
     x = _images(2, TINY_SIZE, seed=22)
     expected = model(x).numpy()
     assert np.abs(expected).max() > 0.1
@@ -372,7 +393,7 @@ def test_fold_model_other_families(name):
 
 def test_fold_model_keeps_zero_skip_gain_blocks():
     model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
-    _randomize(model, seed=13)
+    randomize(model, seed=13)
     model.get_layer("stage2_block0_skip_gain").skip_gain.assign(0.0)
     x = _images(2, TINY_SIZE, seed=14)
     folded = nfnet_keras.fold_for_inference(model)
@@ -449,7 +470,7 @@ def test_f0_export_round_trip_and_folding(f0):
     png = _encoded("png", seed=17)
     _close(
         loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))["logits"],
-        model(preprocessing.eval_transform(png, F0_SIZE)[None]).numpy(),
+        model(preprocessing.eval_transform(png, deepmind_eval(F0_SIZE))[None]).numpy(),
     )
     _close(nfnet_keras.fold_for_inference(model)(x), expected)
     layer = keras.layers.TFSMLayer(saved_model_dir, call_endpoint="serve")

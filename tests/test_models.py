@@ -1,6 +1,5 @@
 """Model families: parameter counts, keras.applications contract, modes, saving."""
 
-import gc
 import os
 import sys
 
@@ -9,7 +8,15 @@ import numpy as np
 import pytest
 
 import nfnet_keras
-from nfnet_keras.models import nf_regnet, nf_resnet, nfnet
+from conftest import randomize
+from nfnet_keras.models import get_architecture
+
+# deepmind-research README / reference doc §2 (derived from the code's shapes).
+PUBLISHED_NFNET_PARAMS = {
+    "nfnet_f0": 71_489_284, "nfnet_f1": 132_634_256, "nfnet_f2": 193_779_228,
+    "nfnet_f3": 254_924_200, "nfnet_f4": 316_069_172, "nfnet_f5": 377_214_144,
+    "nfnet_f6": 438_359_116, "nfnet_f7": 499_504_088,
+}
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -17,65 +24,43 @@ sys.path.insert(0, os.path.dirname(__file__))
 def tiny(**kwargs):
     kwargs.setdefault("input_shape", (32, 32, 3))
     kwargs.setdefault("classes", 10)
+    kwargs.setdefault("weights", None)
+    kwargs.setdefault("include_preprocessing", False)
     return nfnet_keras.NFNet("tiny", **kwargs)
-
-
-def randomize(model, seed=0):
-    """Non-trivial values for every weight (skip gains start at zero)."""
-    rng = np.random.default_rng(seed)
-    weights = []
-    for w in model.weights:
-        value = w.numpy()
-        if "seed_generator" in w.path:
-            weights.append(value)
-        elif w.name in ("gain", "skip_gain"):
-            weights.append(rng.uniform(0.5, 1.5, value.shape).astype(value.dtype))
-        elif w.name == "bias":
-            weights.append((rng.standard_normal(value.shape) * 0.1).astype(value.dtype))
-        else:
-            fan_in = np.prod(value.shape[:-1]) if value.ndim > 1 else 1
-            weights.append((rng.standard_normal(value.shape) / np.sqrt(fan_in)).astype(value.dtype))
-    model.set_weights(weights)
-    return model
 
 
 # --- Parameter counts -------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7"])
-def test_nfnet_parameter_count_is_exact(variant):
+@pytest.mark.parametrize("name", [f"nfnet_f{i}" for i in range(8)])
+def test_nfnet_parameter_count_is_exact(name, count_params):
     # Reference doc §2: derived counts that reproduce the DeepMind README.
-    model = getattr(nfnet_keras, f"NFNet{variant}")()
-    assert model.count_params() == nfnet.VARIANTS[variant].params
-    del model
-    keras.backend.clear_session()
-    gc.collect()
+    assert count_params(name) == get_architecture(name).params == PUBLISHED_NFNET_PARAMS[name]
 
 
 @pytest.mark.parametrize("variant", ["50", "101", "152", "200"])
 @pytest.mark.parametrize("use_se", [False, True])
-def test_nf_resnet_parameter_count(variant, use_se):
-    model = nfnet_keras.NFResNet(variant, use_se=use_se)
-    row = nf_resnet.VARIANTS[variant]
+def test_nf_resnet_parameter_count(variant, use_se, count_params):
+    row = get_architecture(f"nf_resnet{variant}")
     expected = row.params_se if use_se else row.params
     # The reference gives these counts to 0.01M (derived from the code).
-    assert round(model.count_params() / 1e6, 2) == expected / 1e6
+    assert round(count_params(row.name, use_se=use_se) / 1e6, 2) == expected / 1e6
 
 
-@pytest.mark.parametrize("variant", ["B0", "B1", "B2", "B3", "B4", "B5"])
-def test_nf_regnet_parameter_count(variant):
-    model = getattr(nfnet_keras, f"NFRegNet{variant}")()
-    assert round(model.count_params() / 1e6, 2) == nf_regnet.VARIANTS[variant].params / 1e6
+@pytest.mark.parametrize("variant", ["b0", "b1", "b2", "b3", "b4", "b5"])
+def test_nf_regnet_parameter_count(variant, count_params):
+    row = get_architecture(f"nf_regnet_{variant}")
+    assert round(count_params(row.name) / 1e6, 2) == row.params / 1e6
 
 
-def test_nf_resnet50_count_equals_timm_plus_skip_gains():
+def test_nf_resnet50_count_equals_timm_plus_skip_gains(count_params):
     # timm's nf_resnet50 has the same convolutions (pooling has no weights)
     # but no scalar skip gain per block: ours = timm + number of blocks.
     from _timm import timm
 
     reference = sum(p.numel() for p in timm.create_model("nf_resnet50").parameters())
-    model = nfnet_keras.NFResNet50()
-    assert model.count_params() == reference + sum(nf_resnet.VARIANTS["50"].depths)
+    blocks = sum(get_architecture("nf_resnet50").depths)
+    assert count_params("nf_resnet50") == reference + blocks
 
 
 def test_nfnet_f0_betas_follow_the_reference_table():
@@ -83,7 +68,7 @@ def test_nfnet_f0_betas_follow_the_reference_table():
     expected = [1.0, 0.9805806757, 0.9805806757, 0.9622504486, 0.9805806757,
                 0.9622504486, 0.9449111825, 0.9284766909, 0.9128709292,
                 0.8980265101, 0.9805806757, 0.9622504486]
-    model = nfnet_keras.NFNetF0(include_top=False)
+    model = nfnet_keras.NFNetF0(weights=None, include_preprocessing=False, include_top=False)
     betas = [layer.beta for layer in model.layers if layer.name.endswith("_preact")]
     np.testing.assert_allclose(betas, expected, atol=1e-10)
     drops = {l.name: l.rate for l in model.layers if l.name.endswith("drop_path")}
@@ -93,7 +78,7 @@ def test_nfnet_f0_betas_follow_the_reference_table():
 
 
 def test_nfnet_f0_feature_map_shapes():
-    model = nfnet_keras.NFNetF0(include_top=False, input_shape=(256, 256, 3))
+    model = nfnet_keras.NFNetF0(weights=None, include_preprocessing=False, include_top=False, input_shape=(256, 256, 3))
     shapes = {l.name: l.output.shape for l in model.layers}
     assert shapes["stem_conv3"] == (None, 64, 64, 128)
     assert shapes["stage0_block0_add"] == (None, 64, 64, 256)
@@ -124,12 +109,12 @@ def test_nfnet_f0_feature_map_shapes():
 )
 def test_constructor_rejects_like_keras_applications(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        nfnet_keras.NFNetF0(**kwargs)
+        nfnet_keras.NFNetF0(**{"weights": None, **kwargs})
 
 
 def test_keras_applications_error_text():
     with pytest.raises(ValueError, match=r"Received: weights=bogus"):
-        nfnet_keras.NFNetF0(weights="bogus")
+        nfnet_keras.NFNetF0(include_preprocessing=False, weights="bogus")
 
 
 @pytest.mark.parametrize(
@@ -142,15 +127,15 @@ def test_include_top_false_output_shapes(pooling, shape):
 
 
 def test_default_input_size_is_the_test_resolution():
-    assert nfnet_keras.NFRegNetB0().input.shape == (None, 224, 224, 3)
-    assert nfnet_keras.NFNetF0(include_top=False).input.shape == (None, None, None, 3)
+    assert nfnet_keras.NFRegNetB0(weights=None, include_preprocessing=False).input.shape == (None, 224, 224, 3)
+    assert nfnet_keras.NFNetF0(weights=None, include_preprocessing=False, include_top=False).input.shape == (None, None, None, 3)
 
 
 def test_top_layer_and_names():
     model = tiny()
     assert model.layers[-1].name == "predictions"
     assert model.name == "nfnet_tiny"
-    assert nfnet_keras.NFResNet50(name="backbone").name == "backbone"
+    assert nfnet_keras.NFResNet50(weights=None, include_preprocessing=False, name="backbone").name == "backbone"
     for name in ("stem_conv0", "stage1_block0_conv1b", "stage1_block0_shortcut_conv",
                  "stage1_block0_se", "stage1_block0_skip_gain", "final_conv"):
         model.get_layer(name)
@@ -216,10 +201,12 @@ def test_mixed_bfloat16_is_finite_and_agrees_on_top1():
     try:
         model = tiny(classifier_activation=None)
         model.set_weights(ref.get_weights())
-        logits16 = keras.ops.convert_to_numpy(model(x)).astype("float32")
+        out = model(x)
+        logits16 = keras.ops.convert_to_numpy(out)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.get_layer("stem_conv0").compute_dtype == "bfloat16"
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"  # the classifier's output
     assert np.all(np.isfinite(logits16))
     sorted32 = np.sort(logits32, axis=1)
     clear = (sorted32[:, -1] - sorted32[:, -2]) > 0.05 * np.abs(logits32).max()
@@ -231,8 +218,8 @@ def test_mixed_bfloat16_is_finite_and_agrees_on_top1():
 def test_keras_file_round_trip_is_bit_exact(tmp_path, family):
     builders = {
         "nfnet": lambda: tiny(),
-        "nf_resnet": lambda: nfnet_keras.NFResNet("tiny", input_shape=(32, 32, 3), classes=10, use_se=True),
-        "nf_regnet": lambda: nfnet_keras.NFRegNet("tiny", input_shape=(32, 32, 3), classes=10),
+        "nf_resnet": lambda: nfnet_keras.NFResNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10, use_se=True),
+        "nf_regnet": lambda: nfnet_keras.NFRegNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10),
     }
     model = randomize(builders[family]())
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
@@ -261,8 +248,8 @@ def test_every_trainable_variable_gets_a_gradient_and_fit_runs(family):
 
     builders = {
         "nfnet": lambda: tiny(),
-        "nf_resnet": lambda: nfnet_keras.NFResNet("tiny", input_shape=(32, 32, 3), classes=10, use_se=True),
-        "nf_regnet": lambda: nfnet_keras.NFRegNet("tiny", input_shape=(32, 32, 3), classes=10),
+        "nf_resnet": lambda: nfnet_keras.NFResNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10, use_se=True),
+        "nf_regnet": lambda: nfnet_keras.NFRegNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10),
     }
     model = builders[family]()
     # Skip gains start at 0 and would block every residual-branch gradient;
@@ -289,6 +276,6 @@ def test_every_trainable_variable_gets_a_gradient_and_fit_runs(family):
 
 
 def test_get_model_lookup():
-    assert nfnet_keras.get_model("nfnet_tiny", input_shape=(32, 32, 3), classes=3).output.shape == (None, 3)
+    assert nfnet_keras.get_model("nfnet_tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=3).output.shape == (None, 3)
     with pytest.raises(ValueError, match="nfnet_f0"):
-        nfnet_keras.get_model("nfnet_f9")
+        nfnet_keras.get_model("nfnet_f9", weights=None, include_preprocessing=False)

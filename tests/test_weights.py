@@ -9,9 +9,11 @@ import dataclasses
 import hashlib
 import http.server
 import os
+import pathlib
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +24,9 @@ import _haiku_files as hf  # noqa: E402
 import nfnet_keras  # noqa: E402
 from nfnet_keras import weights as weights_lib  # noqa: E402
 from nfnet_keras.convert import cli  # noqa: E402
-from nfnet_keras.models import nfnet  # noqa: E402
+from nfnet_keras.models import get_architecture, list_models  # noqa: E402
+from nfnet_keras.weights import download  # noqa: E402
+from nfnet_keras.weights import rows as rows_lib  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Registry.
@@ -34,9 +38,9 @@ def test_every_row_is_complete():
     for row in weights_lib.CHECKPOINTS:
         for field in dataclasses.fields(row):
             value = getattr(row, field.name)
-            assert value is not None and value != "", (row.variant, field.name)
-        assert (row.variant, row.source) not in seen
-        seen.add((row.variant, row.source))
+            assert value is not None and value != "", (row.name, field.name)
+        assert (row.architecture, row.source) not in seen
+        seen.add((row.architecture, row.source))
         assert row.url.startswith("https://")
         suffix = {"haiku": ".npz", "timm": ".pth"}[row.file_format]
         assert row.file_name.endswith(suffix)
@@ -58,8 +62,8 @@ def test_rows_agree_with_the_model_rows_and_with_timm():
 
     for row in weights_lib.CHECKPOINTS:
         t = row.eval_transform
-        if row.variant.startswith("nfnet_"):
-            model_row = nfnet.VARIANTS[row.variant.split("_")[1].upper()]
+        model_row = get_architecture(row.architecture)
+        if model_row.family == "nfnet":
             assert t.size == model_row.test_size
         if row.source == "deepmind":
             # resize_crop_32 (reference doc §8.1), README top-1 (§2).
@@ -67,11 +71,9 @@ def test_rows_agree_with_the_model_rows_and_with_timm():
             assert row.top1 == model_row.top1
             continue
         name = {
-            "timm_nf_resnet50": "nf_resnet50.ra2_in1k",
-            "timm_nf_regnet_b1": "nf_regnet_b1.ra2_in1k",
-        }.get(
-            row.variant, f"dm_{row.variant}.dm_in1k"
-        )
+            "timm_nf_resnet50.ra2_in1k": "nf_resnet50.ra2_in1k",
+            "timm_nf_regnet_b1.ra2_in1k": "nf_regnet_b1.ra2_in1k",
+        }.get(row.name, f"{model_row.timm_name}.dm_in1k")
         cfg = timm.models.get_pretrained_cfg(name)
         assert cfg.url == row.url
         assert cfg.test_input_size[-1] == t.size
@@ -80,13 +82,13 @@ def test_rows_agree_with_the_model_rows_and_with_timm():
         assert cfg.interpolation == "bicubic" and t.antialias
 
 
-def test_every_variant_resolves_to_a_constructor():
-    from nfnet_keras.models import MODELS
-
+def test_every_checkpoint_resolves_to_a_listed_model():
     for row in weights_lib.CHECKPOINTS:
-        constructor = weights_lib.resolve_constructor(row)
-        assert row.variant in MODELS
-        assert constructor is getattr(nfnet_keras, row.constructor.split(":")[1])
+        assert row.architecture in list_models(pretrained=True)
+        assert weights_lib.checkpoint(row.name) is row
+        constructor = getattr(nfnet_keras, get_architecture(row.architecture).constructor)
+        assert constructor.architecture.name == row.architecture
+    assert {row.name for row in weights_lib.CHECKPOINTS} >= {"nfnet_f0.dm_in1k", "nfnet_f0.timm"}
 
 
 def test_timm_checkpoint_refused_by_a_deepmind_architecture(tmp_path):
@@ -97,7 +99,7 @@ def test_timm_checkpoint_refused_by_a_deepmind_architecture(tmp_path):
     path = str(tmp_path / "nf_resnet50.pth")
     torch.save(timm.create_model("nf_resnet26").state_dict(), path)
     with pytest.raises(ValueError, match="TimmNFResNet50"):
-        nfnet_keras.NFResNet("tiny", input_shape=(32, 32, 3), weights=path)
+        nfnet_keras.NFResNet("tiny", include_preprocessing=False, input_shape=(32, 32, 3), weights=path)
 
 
 def test_timm_nf_regnet_file_loads_into_the_timm_architecture(tmp_path):
@@ -109,7 +111,7 @@ def test_timm_nf_regnet_file_loads_into_the_timm_architecture(tmp_path):
             p.add_(torch.rand(p.shape) * 0.5)
     path = str(tmp_path / "nf_regnet_b0.pth")
     torch.save(reference.state_dict(), path)
-    model = nfnet_keras.TimmNFRegNetB0(input_shape=(64, 64, 3), classifier_activation=None, weights=path)
+    model = nfnet_keras.TimmNFRegNetB0(include_preprocessing=False, input_shape=(64, 64, 3), classifier_activation=None, weights=path)
     images = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
     with torch.inference_mode():
         expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
@@ -118,14 +120,14 @@ def test_timm_nf_regnet_file_loads_into_the_timm_architecture(tmp_path):
 
 
 def test_unknown_variant_has_no_imagenet_weights():
-    model = nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3))
-    with pytest.raises(ValueError, match="No published ImageNet weights for variant='nfnet_f7'"):
-        weights_lib.load_weights(model, "imagenet", variant="nfnet_f7", include_top=True)
+    model = nfnet_keras.NFNet("tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="No published ImageNet weights named 'nfnet_f7'"):
+        weights_lib.load_weights(model, "imagenet", get_architecture("nfnet_f7"), include_top=True)
 
 
 def test_imagenet_requires_1000_classes():
     with pytest.raises(ValueError, match="`classes` should be 1000"):
-        nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), weights="imagenet", classes=10)
+        nfnet_keras.NFNet("tiny", include_preprocessing=False, input_shape=(32, 32, 3), weights="imagenet", classes=10)
 
 
 # ---------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def test_deepmind_eval_transform_matches_the_reference_pipeline():
     import tensorflow as tf
 
     image = np.random.default_rng(0).integers(0, 256, (300, 411, 3), dtype=np.uint8)
-    out = np.asarray(weights_lib.eval_transform(image, "nfnet_f0"))
+    out = np.asarray(nfnet_keras.preprocess_input(weights_lib.checkpoint("nfnet_f0").eval_transform(image)))
     # deepmind-research `dataset._decode_and_resize_then_crop`, crop_pct=32:
     # resize to (256 + 32)^2 bicubic, crop offset ((288 - 256) + 1) // 2.
     ref = tf.image.resize(image, (288, 288), tf.image.ResizeMethod.BICUBIC)
@@ -147,14 +149,14 @@ def test_deepmind_eval_transform_matches_the_reference_pipeline():
 
 
 @pytest.mark.parametrize(
-    "variant,resize,crop", [("nfnet_f0", (284, 284), 256), ("timm_nf_resnet50", 306, 288)]
+    "name,resize,crop", [("nfnet_f0.timm", (284, 284), 256), ("timm_nf_resnet50", 306, 288)]
 )
-def test_timm_eval_transform_matches_torchvision(variant, resize, crop):
+def test_timm_eval_transform_matches_torchvision(name, resize, crop):
     from _timm import torch
     from torchvision import transforms
 
     image = np.random.default_rng(1).uniform(0, 255, (2, 300, 411, 3)).astype("float32")
-    out = np.asarray(weights_lib.eval_transform(image, variant, source="timm", normalize=False))
+    out = np.asarray(weights_lib.checkpoint(name).eval_transform(image))
     pipeline = transforms.Compose(
         [
             transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
@@ -181,20 +183,34 @@ def tiny_imagenet(tmp_path, monkeypatch):
     home = tmp_path / "keras_home"
     monkeypatch.setenv("KERAS_HOME", str(home))
 
-    published = weights_lib.CHECKPOINTS
+    published = rows_lib.CHECKPOINTS
 
     def install(**changes):
-        fields = dict(variant="nfnet_tiny", url=source.as_uri(), file_hash=md5)
+        fields = dict(architecture="nfnet_tiny", url=source.as_uri(), file_hash=md5)
         row = dataclasses.replace(weights_lib.checkpoint("nfnet_f0"), **(fields | changes))
-        monkeypatch.setattr(weights_lib, "CHECKPOINTS", published + (row,))
+        monkeypatch.setattr(rows_lib, "CHECKPOINTS", published + (row,))
         return row
 
     install()
     return dict(tree=tree, source=source, md5=md5, models=home / "models", install=install)
 
 
+def _cached(models):
+    """The files in the download cache (by name; lock files left out)."""
+    if not models.exists():
+        return []
+    return sorted(p.name for p in models.rglob("*") if p.is_file() and p.suffix != ".lock")
+
+
+def _cached_file(models, name):
+    (path,) = [p for p in models.rglob(name) if p.is_file()]
+    return path
+
+
 def _tiny(**kwargs):
-    return nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), **kwargs)
+    return nfnet_keras.NFNet(
+        "tiny", input_shape=(32, 32, 3), **{"weights": None, "include_preprocessing": False, **kwargs}
+    )
 
 
 def _assert_holds(model, tree):
@@ -216,12 +232,12 @@ def test_imagenet_downloads_converts_caches_and_works_offline(tiny_imagenet, mon
     model = _tiny(weights="imagenet")
     _assert_holds(model, tiny_imagenet["tree"])
     models = tiny_imagenet["models"]
-    assert sorted(os.listdir(models)) == ["tiny_haiku.npz", "tiny_haiku.weights.h5"]
+    assert _cached(models) == ["tiny_haiku.npz", "tiny_haiku.weights.h5"]
 
     # Offline: the origin and the downloaded file are gone, conversion is
     # forbidden; the cached Keras file alone serves every later load.
     tiny_imagenet["source"].unlink()
-    (models / "tiny_haiku.npz").unlink()
+    _cached_file(models, "tiny_haiku.npz").unlink()
     from nfnet_keras.convert import haiku
 
     monkeypatch.setattr(haiku, "load_haiku_params", lambda *a, **k: pytest.fail("converted again"))
@@ -235,13 +251,13 @@ def test_imagenet_downloads_converts_caches_and_works_offline(tiny_imagenet, mon
 def test_include_top_false_first_writes_a_notop_cache(tiny_imagenet):
     body = _tiny(weights="imagenet", include_top=False)
     _assert_holds(body, tiny_imagenet["tree"])
-    assert sorted(os.listdir(tiny_imagenet["models"])) == [
+    assert _cached(tiny_imagenet["models"]) == [
         "tiny_haiku.npz",
         "tiny_haiku_notop.weights.h5",
     ]
     full = _tiny(weights="imagenet")  # the notop cache cannot serve the head
     _assert_holds(full, tiny_imagenet["tree"])
-    assert "tiny_haiku.weights.h5" in os.listdir(tiny_imagenet["models"])
+    assert "tiny_haiku.weights.h5" in _cached(tiny_imagenet["models"])
 
 
 def test_hash_mismatch_is_refused_and_removed(tiny_imagenet):
@@ -253,7 +269,7 @@ def test_hash_mismatch_is_refused_and_removed(tiny_imagenet):
     assert "tiny_haiku.npz" in message and f"expected md5 {wrong}" in message
     assert f"got {tiny_imagenet['md5']}" in message and "removed from the cache" in message
     assert "pass its path as `weights=`" in message
-    assert os.listdir(tiny_imagenet["models"]) == []
+    assert _cached(tiny_imagenet["models"]) == []
 
 
 def test_truncated_file_is_refused_and_removed(tiny_imagenet):
@@ -261,7 +277,7 @@ def test_truncated_file_is_refused_and_removed(tiny_imagenet):
     source.write_bytes(source.read_bytes()[:5000])  # the row keeps the full file's md5
     with pytest.raises(ValueError, match="failed its integrity check"):
         _tiny(weights="imagenet")
-    assert os.listdir(tiny_imagenet["models"]) == []
+    assert _cached(tiny_imagenet["models"]) == []
 
 
 @contextlib.contextmanager
@@ -292,24 +308,24 @@ def test_truncated_http_download_is_refused(tiny_imagenet):
         tiny_imagenet["install"](url=f"{base}/tiny_haiku.npz")
         with pytest.raises(ValueError, match="Could not download the ImageNet weights"):
             _tiny(weights="imagenet")
-    assert os.listdir(tiny_imagenet["models"]) == []
+    assert _cached(tiny_imagenet["models"]) == []
 
 
 def test_http_download_and_stale_cached_file(tiny_imagenet):
     data = tiny_imagenet["source"].read_bytes()
-    models = tiny_imagenet["models"]
-    models.mkdir(parents=True)
-    (models / "tiny_haiku.npz").write_bytes(b"an old, corrupted copy")
     with _http_server(data, len(data)) as base:
-        tiny_imagenet["install"](url=f"{base}/tiny_haiku.npz")
+        row = tiny_imagenet["install"](url=f"{base}/tiny_haiku.npz")
+        stale = pathlib.Path(download.cached_path(row.url))
+        stale.parent.mkdir(parents=True)
+        stale.write_bytes(b"an old, corrupted copy")
         model = _tiny(weights="imagenet")
     _assert_holds(model, tiny_imagenet["tree"])
-    assert (models / "tiny_haiku.npz").read_bytes() == data
+    assert stale.read_bytes() == data
 
 
 def test_corrupt_conversion_cache_is_rebuilt(tiny_imagenet):
     _tiny(weights="imagenet")
-    cache = tiny_imagenet["models"] / "tiny_haiku.weights.h5"
+    cache = _cached_file(tiny_imagenet["models"], "tiny_haiku.weights.h5")
     cache.write_bytes(b"not hdf5")
     model = _tiny(weights="imagenet")
     _assert_holds(model, tiny_imagenet["tree"])
@@ -322,7 +338,7 @@ def test_wrong_checkpoint_from_a_url_leaves_no_cache(tiny_imagenet, tmp_path):
     )
     with pytest.raises(ValueError, match="shape mismatches"):
         _tiny(weights=other.as_uri())
-    assert sorted(os.listdir(tiny_imagenet["models"])) == ["other_haiku.npz"]
+    assert _cached(tiny_imagenet["models"]) == ["other_haiku.npz"]
     # A registry URL of another variant is refused by name.
     with pytest.raises(ValueError, match="holds the weights of nfnet_f0"):
         _tiny(weights=weights_lib.checkpoint("nfnet_f0").url)
@@ -373,7 +389,7 @@ def test_pth_with_code_is_refused(tmp_path):
             return os.system, (f"touch {marker}",)
 
     torch.save({"stem.conv1.weight": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+    with pytest.raises(ValueError, match=r"Cannot read .*evil\.pth as a PyTorch state dict.*posix\.system.*refused"):
         _tiny(classes=10, weights=str(tmp_path / "evil.pth"))
     assert not marker.exists()
 
@@ -393,10 +409,10 @@ def test_bad_weights_arguments(tmp_path):
     odd.write_bytes(b"x")
     with pytest.raises(ValueError, match="Cannot tell the format"):
         _tiny(classes=10, weights=str(odd))
-    with pytest.raises(ValueError, match="`weights` argument should be either"):
+    with pytest.raises(ValueError, match="`weights` argument should be either.*does not exist"):
         _tiny(classes=10, weights=str(tmp_path / "missing.npz"))
     with pytest.raises(TypeError, match="`weights` must be None"):
-        weights_lib.load_weights(_tiny(classes=10), 3, variant="nfnet_tiny", include_top=True)
+        weights_lib.load_weights(_tiny(classes=10), 3, get_architecture("nfnet_tiny"), include_top=True)
 
 
 # ---------------------------------------------------------------------------
@@ -429,3 +445,210 @@ def test_convert_console_script(tiny_files, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "Wrote" in result.stdout and out.exists()
+
+
+# ---------------------------------------------------------------------------
+# Faults: a 127.0.0.1 server that truncates, stalls or serves slowly, and
+# files that do not hold what their name says.
+
+
+@contextlib.contextmanager
+def _server(routes):
+    """Serves `routes`: path -> (body, mode); counts the requests per path.
+
+    Modes: "full"; "cut" (no Content-Length, half the body, then the
+    connection closes); "stall" (headers, then nothing for 30 s); "slow"
+    (the body in 8 pieces 0.1 s apart).
+    """
+    hits = {path: 0 for path in routes}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body, mode = routes[self.path]
+            hits[self.path] += 1
+            self.send_response(200)
+            if mode != "cut":
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if mode == "full":
+                self.wfile.write(body)
+            elif mode == "cut":
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+            elif mode == "stall":
+                self.wfile.flush()
+                time.sleep(30)
+            else:
+                piece = len(body) // 8 + 1
+                for start in range(0, len(body), piece):
+                    self.wfile.write(body[start : start + piece])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def two_trees(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    trees = [hf.nfnet_tree(**hf.TINY, classes=10, seed=seed) for seed in (21, 22)]
+    files = [hf.write_haiku_pickle(tmp_path / f"t{i}.npz", tree).read_bytes() for i, tree in enumerate(trees)]
+    return trees, files, tmp_path / "keras_home" / "models"
+
+
+def test_connection_cut_without_length_leaves_nothing_and_next_load_works(two_trees):
+    trees, files, models = two_trees
+    with _server({"/a/tiny_haiku.npz": (files[0], "cut")}) as (base, hits):
+        with pytest.raises(ValueError, match=r"tiny_haiku\.npz"):
+            _tiny(classes=10, weights=f"{base}/a/tiny_haiku.npz")
+        assert hits["/a/tiny_haiku.npz"] == 1  # a file that does not parse is not re-fetched
+    assert _cached(models) == []
+    with _server({"/a/tiny_haiku.npz": (files[0], "full")}) as (base, _):
+        _assert_holds(_tiny(classes=10, weights=f"{base}/a/tiny_haiku.npz"), trees[0])
+
+
+def test_two_urls_with_one_file_name_do_not_share_the_cache(two_trees):
+    trees, files, models = two_trees
+    routes = {"/good/tiny_haiku.npz": (files[0], "full"), "/good/v2/tiny_haiku.npz": (files[1], "full")}
+    with _server(routes) as (base, _):
+        first = _tiny(classes=10, weights=f"{base}/good/tiny_haiku.npz")
+        second = _tiny(classes=10, weights=f"{base}/good/v2/tiny_haiku.npz")
+    _assert_holds(first, trees[0])
+    _assert_holds(second, trees[1])
+
+
+def test_a_stalled_server_times_out_with_a_clear_message(two_trees, monkeypatch):
+    _, files, models = two_trees
+    monkeypatch.setenv(download.TIMEOUT_VARIABLE, "0.5")
+    with _server({"/tiny_haiku.npz": (files[0], "stall")}) as (base, hits):
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=r"no data for 0\.5 s.*timed out.*tried 2 times"):
+            _tiny(classes=10, weights=f"{base}/tiny_haiku.npz")
+        assert time.perf_counter() - start < 10
+        assert hits["/tiny_haiku.npz"] == 2  # one retry
+    assert _cached(models) == []
+
+
+def test_concurrent_loads_wait_for_one_download(two_trees):
+    trees, files, models = two_trees
+    results, errors = [], []
+    with _server({"/tiny_haiku.npz": (files[0], "slow")}) as (base, hits):
+
+        def load():
+            try:
+                results.append(download.download(f"{base}/tiny_haiku.npz", validate=download_validate))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and hits["/tiny_haiku.npz"] == 1
+    assert len(set(results)) == 1 and pathlib.Path(results[0]).read_bytes() == files[0]
+
+
+def download_validate(path):
+    from nfnet_keras.weights.readers import validate_file
+
+    validate_file(path, "haiku")
+
+
+@pytest.mark.slow  # two Python processes importing TensorFlow
+def test_two_processes_loading_one_url_both_succeed(two_trees, tmp_path):
+    trees, files, models = two_trees
+    code = (
+        "import sys, nfnet_keras; m = nfnet_keras.NFNet('tiny', weights=sys.argv[1], "
+        "include_preprocessing=False, input_shape=(32, 32, 3), classes=10); "
+        "print(float(m.get_layer('stage1_block0_conv1').kernel.numpy().sum()))"
+    )
+    with _server({"/tiny_haiku.npz": (files[0], "slow")}) as (base, hits):
+        env = dict(os.environ, KERAS_HOME=str(models.parent))
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, f"{base}/tiny_haiku.npz"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+        assert hits["/tiny_haiku.npz"] == 1
+    expected = float(trees[0]["NFNet/~/nf_block_1/~/conv1"]["w"].sum())
+    for out, _ in outs:
+        assert float(out.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_corrupt_cached_file_is_downloaded_again_once(two_trees):
+    trees, files, models = two_trees
+    with _server({"/tiny_haiku.npz": (files[0], "full")}) as (base, hits):
+        url = f"{base}/tiny_haiku.npz"
+        cached = pathlib.Path(download.cached_path(url))
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(files[0][:1000])  # killed mid-download by an older version
+        _assert_holds(_tiny(classes=10, weights=url), trees[0])
+        assert hits["/tiny_haiku.npz"] == 1
+    assert cached.read_bytes() == files[0]
+
+
+# Strict converters: every file shape is checked before any transpose.
+
+
+def _tiny_state(tiny_files):
+    from safetensors.numpy import load_file
+
+    return dict(load_file(str(tiny_files["safetensors"])))
+
+
+@pytest.mark.parametrize(
+    "key,change,expected",
+    [
+        # A gain reshaped from (16, 1, 1, 1) to (4, 4).
+        ("stages.1.0.conv1.gain", lambda w: w.reshape(4, 4), r"stages\.1\.0\.conv1\.gain: file \(4, 4\), expected \(16, 1, 1, 1\)"),
+        # An SE kernel with a 2x2 window instead of 1x1.
+        ("stages.1.0.attn_last.fc1.weight", lambda w: np.repeat(np.repeat(w, 2, 2), 2, 3),
+         r"attn_last\.fc1\.weight: file \(16, 32, 2, 2\), expected \(16, 32, 1, 1\)"),
+        # A conv kernel with an axis dropped, and one added.
+        ("stem.conv1.weight", lambda w: w[0], r"stem\.conv1\.weight: file \(3, 3, 3\), expected \(8, 3, 3, 3\)"),
+        ("stem.conv1.weight", lambda w: w[None], r"stem\.conv1\.weight: file \(1, 8, 3, 3, 3\), expected"),
+    ],
+)
+def test_converter_checks_file_shapes_before_any_reshape(tiny_files, tmp_path, key, change, expected):
+    from safetensors.numpy import save_file
+
+    state = _tiny_state(tiny_files)
+    state[key] = np.ascontiguousarray(change(state[key]))
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match=expected):
+        _tiny(classes=10, weights=str(path))
+
+
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        ("random.pth", os.urandom(4000), r"as a PyTorch state dict .*: not a pickle of tensors"),
+        ("empty.pth", b"", r"as a PyTorch state dict .*: the file is empty or ends early"),
+        ("random.safetensors", os.urandom(4000), r"as a safetensors file: "),
+        ("random.weights.h5", os.urandom(4000), r"as a Keras \.weights\.h5 \(HDF5\) file"),
+    ],
+)
+def test_unreadable_files_get_one_line_from_the_api_and_the_cli(tmp_path, capsys, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=expected) as info:
+        _tiny(classes=10, weights=str(path))
+    assert len(str(info.value).splitlines()) == 1 and name in str(info.value)
+    assert cli.main([str(path), "--model", "nfnet_tiny", "--classes", "10", "--out", str(tmp_path / "o.weights.h5")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and name in err and err.startswith("nfnet-convert: error:")

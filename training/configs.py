@@ -10,7 +10,8 @@ embedded `shapes` dataset, which trains in about a minute on a CPU:
 
 import dataclasses
 
-from nfnet_keras.models import nf_regnet, nf_resnet, nfnet
+from nfnet_keras import weights
+from nfnet_keras.models import registry
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167  # reference doc §8.1
 
@@ -20,8 +21,7 @@ class TrainConfig:
     model: str
     dataset: str = "imagenet2012"
     train_size: int = 224
-    test_size: int = 224
-    eval_padding: int = 32  # eval: squash-resize to S + 32, centre crop S (§8.1)
+    eval_transform: weights.EvalTransform = weights.deepmind_eval(224)  # eval: S + 32, crop S (§8.1)
     batch_size: int = 4096  # global batch
     epochs: float = 360
     base_lr: float = 0.1  # learning rate per 256 examples
@@ -49,30 +49,28 @@ class TrainConfig:
         return self.base_lr
 
 
-def _nfnet(variant):
-    row = nfnet.VARIANTS[variant]
+def _nfnet(row):
     # deepmind-research experiment_nfnets.py (reference doc §8.1): batch
     # 4096, 360 epochs, lr 0.1 x bs/256, 5 warm-up epochs, cosine, SGD
     # Nesterov 0.9, wd 2e-5, AGC 0.01, EMA 0.99999, label smoothing 0.1,
     # RandAugment "4xM" from the row, MixUp + CutMix.
     return TrainConfig(
-        model=f"nfnet_{variant.lower()}",
+        model=row.name,
         train_size=row.train_size,
-        test_size=row.test_size,
+        eval_transform=weights.eval_transform(row),
         randaugment_layers=int(row.randaugment[0]),
         randaugment_magnitude=int(row.randaugment[1:]),
-        stochastic_depth_rate=nfnet.STOCHASTIC_DEPTH_RATE,
+        stochastic_depth_rate=row.stochastic_depth_rate,
     )
 
 
-def _nf_regnet(variant):
-    row = nf_regnet.VARIANTS[variant]
+def _nf_regnet(row):
     # experiment_nf_regnets.py (reference doc §8.2): batch 1024, lr 0.4 not
     # batch-scaled, no AGC, wd per row, MixUp + CutMix, no RandAugment.
     return TrainConfig(
-        model=f"nf_regnet_{variant.lower()}",
+        model=row.name,
         train_size=row.train_size,
-        test_size=row.test_size,
+        eval_transform=weights.eval_transform(row),
         batch_size=1024,
         base_lr=0.4,
         scale_lr_with_batch=False,
@@ -81,14 +79,14 @@ def _nf_regnet(variant):
     )
 
 
-def _nf_resnet(variant):
+def _nf_resnet(row):
     # No NF-ResNet experiment config exists in deepmind-research; the base
     # experiment.py recipe (reference doc §8.3): batch 1024, 90 epochs,
     # lr 0.1 x bs/256, wd 1e-4 (gains/biases excluded), no AGC, no EMA.
     return TrainConfig(
-        model=f"nf_resnet{variant}",
-        train_size=nf_resnet.TRAIN_SIZE,
-        test_size=nf_resnet.TEST_SIZE,
+        model=row.name,
+        train_size=row.train_size,
+        eval_transform=weights.eval_transform(row),
         batch_size=1024,
         epochs=90,
         weight_decay=1e-4,
@@ -104,8 +102,8 @@ def demo():
         model="nfnet_tiny",
         dataset="shapes",
         train_size=32,
-        test_size=32,
-        eval_padding=0,
+        # The 32 px shapes are evaluated whole: resized to 32, no border cropped.
+        eval_transform=weights.EvalTransform(32, keep_aspect=False, antialias=False),
         batch_size=64,
         epochs=12,
         base_lr=3.2,  # peak 0.8 at batch 64: stable with AGC
@@ -122,21 +120,26 @@ def demo():
     )
 
 
+# The paper recipe of each family of DeepMind's architectures.
+_RECIPES = {"nfnet": _nfnet, "nf_regnet": _nf_regnet, "nf_resnet": _nf_resnet}
+
+
+def _recipe_rows():
+    return {
+        name: row
+        for name, row in registry.ARCHITECTURES.items()
+        if row.public and row.convention == "deepmind" and row.family in _RECIPES
+    }
+
+
 def get_config(name):
+    """The recipe called `name`: ``"demo"`` or a model name of DeepMind's
+    architectures (``"nfnet_f0"``, ``"nf_resnet50"``, ``"nf_regnet_b0"``)."""
     if name == "demo":
         return demo()
-    for prefix, rows, make in (
-        ("nfnet_", nfnet.VARIANTS, _nfnet),
-        ("nf_regnet_", nf_regnet.VARIANTS, _nf_regnet),
-        ("nf_resnet", nf_resnet.VARIANTS, _nf_resnet),
-    ):
-        if name.startswith(prefix):
-            variant = name[len(prefix):]
-            for key in rows:
-                if key.lower() == variant:
-                    return make(key)
-    choices = ["demo"]
-    choices += [f"nfnet_{v.lower()}" for v in nfnet.VARIANTS]
-    choices += [f"nf_resnet{v}" for v in nf_resnet.VARIANTS]
-    choices += [f"nf_regnet_{v.lower()}" for v in nf_regnet.VARIANTS]
-    raise ValueError(f"Unknown config. Expected one of {choices}. Received: config={name!r}")
+    rows = _recipe_rows()
+    if name not in rows:
+        raise ValueError(
+            f"Unknown config. Expected one of {['demo'] + sorted(rows)}. Received: config={name!r}"
+        )
+    return _RECIPES[rows[name].family](rows[name])

@@ -9,8 +9,9 @@ MixUp/CutMix are Keras's preprocessing layers; Keras's RandAugment samples
 its magnitude per op instead of DeepMind's fixed one (documented
 difference).
 
-Eval: bicubic squash-resize to (S + padding)^2, centre crop S (DeepMind's
-`resize_crop_32` with padding 32).
+Eval: the config's `EvalTransform` (`nfnet_keras.weights`), the object the
+weights rows and the export's `serving_bytes` use: for DeepMind's recipes a
+bicubic squash-resize to (S + 32)^2, centre crop S (`resize_crop_32`).
 
 Images stay in [0, 255]: the models are built with
 `include_preprocessing=True` and normalise themselves.
@@ -18,8 +19,6 @@ Images stay in [0, 255]: the models are built with
 
 import keras
 import tensorflow as tf
-
-from nfnet_keras.imagenet_utils import resize_and_center_crop
 
 # Inception-crop parameters (deepmind-research dataset.py; reference §8.1).
 MIN_OBJECT_COVERED = 0.1
@@ -42,12 +41,6 @@ def inception_crop(image, size, area_range=AREA_RANGE):
     )
     crop = tf.slice(image, begin, crop_size)
     return tf.image.resize(crop, (size, size), method="bicubic")
-
-
-def eval_transform(image, size, padding=32):
-    """Squash-resize to (size + padding)^2 (bicubic), then centre crop size."""
-    image = resize_and_center_crop(image, size, size + padding)
-    return tf.clip_by_value(image, 0.0, 255.0)
 
 
 def train_transform(image, size, area_range=AREA_RANGE):
@@ -99,7 +92,7 @@ def make_eval_dataset(source, config, global_batch_size):
     num_classes = source.num_classes
     ds = source.test.map(
         lambda image, label: (
-            eval_transform(image, config.test_size, config.eval_padding),
+            config.eval_transform(image),
             tf.one_hot(label, num_classes),
         ),
         num_parallel_calls=tf.data.AUTOTUNE,

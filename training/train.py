@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 
 import nfnet_keras  # noqa: E402
 from nfnet_keras.optimizers import NFSGD  # noqa: E402
-from training import configs, datasets, pipeline  # noqa: E402
+from . import configs, datasets, pipeline  # noqa: E402
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 # Keras dtype policies: bfloat16 compute (TPU, recent CPUs/GPUs) or float16
@@ -113,6 +113,7 @@ def build_model(config, num_classes):
     # A dynamic input size: trained at train_size, evaluated at test_size.
     return nfnet_keras.get_model(
         config.model,
+        weights=None,
         input_tensor=keras.Input((None, None, 3), name="images"),
         classes=num_classes,
         classifier_activation=None,  # logits; the loss applies the softmax
@@ -233,7 +234,10 @@ def _train(args, extra_callbacks):
 
 
 def export_and_reload(config, source, weights_path, out):
-    from export import export as export_lib
+    try:  # installed: nfnet_keras.training next to nfnet_keras.export
+        from ..export import export as export_lib
+    except ImportError:  # a checkout: the top-level training/ next to export/
+        from export import export as export_lib
 
     export_dir = os.path.join(out, "export")
     export_lib.export(
@@ -241,14 +245,12 @@ def export_and_reload(config, source, weights_path, out):
         export_dir,
         weights=weights_path,
         classes=source.num_classes,
-        image_size=config.test_size,
+        eval_transform=config.eval_transform,
     )
     saved_model_dir = os.path.join(export_dir, "saved_model")
     reloaded = tf.saved_model.load(saved_model_dir)
     images, labels = next(iter(source.test.batch(8)))
-    images = tf.stack(
-        [pipeline.eval_transform(i, config.test_size, config.eval_padding) for i in images]
-    )
+    images = tf.stack([config.eval_transform(i) for i in images])
     served = reloaded(images / 255.0, training=False).numpy()  # TF Hub images: [0, 1]
     model = build_model(config, source.num_classes)
     model.load_weights(weights_path)

@@ -19,21 +19,18 @@ import sys
 import time
 
 
-def build_model(name, include_top=True, classes=1000, convention="deepmind"):
-    """Builds the package's model called `name` ("nfnet_f0", "nfnet_tiny", ...)."""
-    from nfnet_keras.models import get_model
-
-    kwargs = dict(include_top=include_top, convention=convention)
-    if include_top:
-        kwargs["classes"] = classes
-    return get_model(name.lower(), **kwargs)
-
-
-def convert(source, model_name, out=None, include_top=True, classes=1000, convention="deepmind"):
+def convert(source, model_name, out=None, include_top=True, classes=1000, convention=None):
     """Converts `source` for `model_name`, writes `out`; returns a report dict."""
     from nfnet_keras import weights as weights_lib
+    from nfnet_keras.models import get_architecture, get_model
 
-    model = build_model(model_name, include_top, classes, convention)
+    arch = get_architecture(model_name)
+    kwargs = dict(
+        weights=None, include_top=include_top, convention=convention, include_preprocessing=False
+    )
+    if include_top:
+        kwargs["classes"] = classes
+    model = get_model(arch.name, **kwargs)
     if out is None:
         base = "imagenet" if source == "imagenet" else os.path.basename(source.rstrip("/"))
         base = re.sub(r"(\.weights)?\.(npz|pkl|pickle|pth|pt|bin|ckpt|safetensors|h5)$", "", base)
@@ -41,7 +38,7 @@ def convert(source, model_name, out=None, include_top=True, classes=1000, conven
     if not out.endswith(".weights.h5"):
         raise ValueError(f"`--out` must end with `.weights.h5`. Received: {out!r}")
     start = time.perf_counter()
-    weights_lib.load_weights(model, source, variant=model_name.lower(), include_top=include_top)
+    weights_lib.load_weights(model, source, arch, include_top=include_top)
     seconds = time.perf_counter() - start
     model.save_weights(out)
     return {
@@ -67,8 +64,9 @@ def main(argv=None):
     parser.add_argument("--no-top", action="store_true", help="convert everything but the classifier")
     parser.add_argument("--classes", type=int, default=1000, help="classifier width (default 1000)")
     parser.add_argument(
-        "--convention", choices=("deepmind", "timm"), default="deepmind",
-        help="numerical convention of the model built for the conversion (weights are the same)",
+        "--convention", choices=("deepmind", "timm"), default=None,
+        help="numerical convention of the model built for the conversion (weights are the same; "
+        "default: the architecture's)",
     )
     args = parser.parse_args(argv)
     try:

@@ -215,14 +215,14 @@ class _HaikuUnpickler(pickle.Unpickler):
         _refuse("a persistent reference")
 
 
-def _unpickle(data):
+def _unpickle(data, path):
     try:
         return _HaikuUnpickler(io.BytesIO(data)).load()
     except UnsafePickleError:
         raise
     except Exception as e:  # malformed / truncated pickle stream
         raise ValueError(
-            "The file is not a readable DeepMind Haiku checkpoint (pickle "
+            f"{path} is not a readable DeepMind Haiku checkpoint (pickle "
             f"error: {type(e).__name__}: {e}). Re-download it."
         ) from e
 
@@ -299,7 +299,7 @@ def _read(path):
             f"{path} is neither a pickled Haiku parameter tree nor an .npz "
             "archive (unknown header). Is it a DeepMind NFNet checkpoint?"
         )
-    return _flatten_tree(_unpickle(data))
+    return _flatten_tree(_unpickle(data, path))
 
 
 # ---------------------------------------------------------------------------

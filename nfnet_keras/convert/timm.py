@@ -34,7 +34,7 @@ _DM_NFNET_RULES = [
 ]
 
 # timm's own NF-ResNet / NF-RegNet (`NormFreeNet` with `_nfres_cfg` /
-# `_nfreg_cfg`, built by `nfnet_keras.models.timm_variants`): one stem conv
+# `_nfreg_cfg`, built from the timm rows of `nfnet_keras.models`): one stem conv
 # `stem.conv`, no `conv2b`, no skip gain; SE is `attn` (middle, RegNet) or
 # `attn_last` (after conv3, ResNet).
 def _timm_nf_rules(se_module):
@@ -57,41 +57,44 @@ RULES = {
 }
 
 
-def _conv_kernel(w):
-    return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
-
-
-def _linear_kernel(w):
-    if w.ndim == 4:  # 1x1 conv used as a linear layer (timm SE)
-        w = w[:, :, 0, 0]
-    return np.transpose(w)  # (out, in) -> (in, out)
-
-
-def _flat(w):
-    return np.reshape(w, (-1,))
+# PyTorch layouts of each Keras weight: (shape in the file, given the Keras
+# shape; array -> Keras array). The file's shape is checked before any
+# transpose, so that nothing is reshaped, squeezed or sliced silently.
+_LAYOUTS = {
+    # Conv kernel: OIHW -> HWIO.
+    "conv": (lambda s: (s[3], s[2], s[0], s[1]), lambda w: np.transpose(w, (2, 3, 1, 0))),
+    # Linear weight: (out, in) -> (in, out).
+    "linear": (lambda s: (s[1], s[0]), np.transpose),
+    # timm SE: 1x1 convs (out, in, 1, 1) -> Keras Dense (in, out).
+    "conv1x1": (lambda s: (s[1], s[0], 1, 1), lambda w: np.transpose(w[:, :, 0, 0])),
+    # ScaledStdConv2d gain: (out, 1, 1, 1) -> (out,).
+    "gain": (lambda s: (s[0], 1, 1, 1), lambda w: w[:, 0, 0, 0]),
+    # Biases and scalar gains: the same shape.
+    "same": (tuple, lambda w: w),
+}
 
 
 def _targets(layer, prefix):
-    """(variable, timm key, layout transform) for each weight of `layer`."""
+    """(variable, timm key, layout) for each weight of `layer`."""
     if isinstance(layer, nf_layers.ScaledStdConv2D):
-        out = [(layer._kernel, f"{prefix}.weight", _conv_kernel)]
+        out = [(layer._kernel, f"{prefix}.weight", "conv")]
         if layer.use_bias:
-            out.append((layer.bias, f"{prefix}.bias", None))
-        out.append((layer.gain, f"{prefix}.gain", _flat))
+            out.append((layer.bias, f"{prefix}.bias", "same"))
+        out.append((layer.gain, f"{prefix}.gain", "gain"))
         return out
     if isinstance(layer, nf_layers.SqueezeExcite):
         return [
-            (layer.fc1.kernel, f"{prefix}.fc1.weight", _linear_kernel),
-            (layer.fc1.bias, f"{prefix}.fc1.bias", None),
-            (layer.fc2.kernel, f"{prefix}.fc2.weight", _linear_kernel),
-            (layer.fc2.bias, f"{prefix}.fc2.bias", None),
+            (layer.fc1.kernel, f"{prefix}.fc1.weight", "conv1x1"),
+            (layer.fc1.bias, f"{prefix}.fc1.bias", "same"),
+            (layer.fc2.kernel, f"{prefix}.fc2.weight", "conv1x1"),
+            (layer.fc2.bias, f"{prefix}.fc2.bias", "same"),
         ]
     if isinstance(layer, nf_layers.SkipGain):
-        return [(layer.skip_gain, f"{prefix}.skipinit_gain", None)]
+        return [(layer.skip_gain, f"{prefix}.skipinit_gain", "same")]
     # The classifier (keras Dense).
     return [
-        (layer.kernel, f"{prefix}.weight", _linear_kernel),
-        (layer.bias, f"{prefix}.bias", None),
+        (layer.kernel, f"{prefix}.weight", "linear"),
+        (layer.bias, f"{prefix}.bias", "same"),
     ]
 
 
@@ -103,7 +106,7 @@ def _has_weights(layer):
 
 
 def timm_names(model, arch="dm_nfnet"):
-    """Lists (keras variable, timm key, transform) for every weight of `model`."""
+    """Lists (keras variable, timm key, layout) for every weight of `model`."""
     if arch not in RULES:
         raise ValueError(
             f"`arch` must be one of {sorted(RULES)}. Received: arch={arch!r}"
@@ -147,7 +150,7 @@ def load_timm_state_dict(model, state_dict, arch="dm_nfnet", skip=None):
         arch: the name-rule set; ``"dm_nfnet"`` for timm's `dm_nfnet_*`,
             ``"timm_nf_resnet"`` / ``"timm_nf_regnet"`` for timm's
             `nf_resnet*` / `nf_regnet_*` (models of
-            `nfnet_keras.models.timm_variants`).
+            `TimmNFResNet50`, `TimmNFRegNetB1`, ...).
         skip: optional regex of timm names allowed to stay unused (e.g. the
             head, ``r"head\\.fc\\."``, when loading into `include_top=False`).
 
@@ -159,20 +162,20 @@ def load_timm_state_dict(model, state_dict, arch="dm_nfnet", skip=None):
     tensors = to_numpy(state_dict)
     targets = timm_names(model, arch)
     missing, mismatched, assignments = [], [], []
-    for variable, key, transform in targets:
+    for variable, key, layout in targets:
         if key not in tensors:
             missing.append(f"{key} (for {variable.path})")
             continue
+        source_shape, transform = _LAYOUTS[layout]
+        expected = tuple(int(d) for d in source_shape(tuple(variable.shape)))
         value = tensors[key]
-        if transform is not None:
-            value = transform(value)
-        if tuple(value.shape) != tuple(variable.shape):
+        if tuple(value.shape) != expected:
             mismatched.append(
-                f"{key}: {tuple(tensors[key].shape)} -> {tuple(value.shape)}, "
-                f"expected {tuple(variable.shape)} for {variable.path}"
+                f"{key}: file {tuple(value.shape)}, expected {expected} "
+                f"(for {variable.path} {tuple(variable.shape)})"
             )
             continue
-        assignments.append((variable, value))
+        assignments.append((variable, transform(value)))
     used = {key for _, key, _ in targets}
     skip_re = re.compile(skip) if skip else None
     leftover = sorted(

@@ -1,61 +1,53 @@
-"""The NF model families and a name -> constructor lookup."""
+"""The NF model families: rows (`nfnet`, `nf_resnet`, `nf_regnet`), the one
+builder (`builder`) and the registry (`registry`)."""
 
-from nfnet_keras.models import nf_regnet, nf_resnet, nfnet, timm_variants
+from nfnet_keras.models.registry import (
+    NFNet,
+    NFRegNet,
+    NFResNet,
+    TimmNFRegNet,
+    TimmNFResNet,
+    constructor,
+    get_architecture,
+    get_model,
+    list_models,
+)
 
+NFNetF0 = constructor("nfnet_f0")
+NFNetF1 = constructor("nfnet_f1")
+NFNetF2 = constructor("nfnet_f2")
+NFNetF3 = constructor("nfnet_f3")
+NFNetF4 = constructor("nfnet_f4")
+NFNetF5 = constructor("nfnet_f5")
+NFNetF6 = constructor("nfnet_f6")
+NFNetF7 = constructor("nfnet_f7")
+NFResNet26 = constructor("nf_resnet26")
+NFResNet50 = constructor("nf_resnet50")
+NFResNet101 = constructor("nf_resnet101")
+NFResNet152 = constructor("nf_resnet152")
+NFResNet200 = constructor("nf_resnet200")
+NFRegNetB0 = constructor("nf_regnet_b0")
+NFRegNetB1 = constructor("nf_regnet_b1")
+NFRegNetB2 = constructor("nf_regnet_b2")
+NFRegNetB3 = constructor("nf_regnet_b3")
+NFRegNetB4 = constructor("nf_regnet_b4")
+NFRegNetB5 = constructor("nf_regnet_b5")
+TimmNFResNet26 = constructor("timm_nf_resnet26")
+TimmNFResNet50 = constructor("timm_nf_resnet50")
+TimmNFResNet101 = constructor("timm_nf_resnet101")
+TimmNFRegNetB0 = constructor("timm_nf_regnet_b0")
+TimmNFRegNetB1 = constructor("timm_nf_regnet_b1")
+TimmNFRegNetB2 = constructor("timm_nf_regnet_b2")
+TimmNFRegNetB3 = constructor("timm_nf_regnet_b3")
+TimmNFRegNetB4 = constructor("timm_nf_regnet_b4")
+TimmNFRegNetB5 = constructor("timm_nf_regnet_b5")
 
-def _table():
-    table = {}
-    for variant in nfnet.VARIANTS:
-        table[f"nfnet_{variant.lower()}"] = _bind(
-            nfnet.NFNet, variant, nfnet.VARIANTS[variant].test_size
-        )
-    for variant in nf_resnet.VARIANTS:
-        table[f"nf_resnet{variant}"] = _bind(nf_resnet.NFResNet, variant, nf_resnet.TEST_SIZE)
-    for variant in nf_regnet.VARIANTS:
-        table[f"nf_regnet_{variant.lower()}"] = _bind(
-            nf_regnet.NFRegNet, variant, nf_regnet.VARIANTS[variant].test_size
-        )
-    # timm's own NF-ResNet / NF-RegNet architectures (timm-trained weights).
-    for variant, row in timm_variants.RESNET_VARIANTS.items():
-        table[f"timm_nf_resnet{variant}"] = _bind(
-            timm_variants.TimmNFResNet, variant, row.test_size
-        )
-    for variant, row in timm_variants.REGNET_VARIANTS.items():
-        table[f"timm_nf_regnet_{variant.lower()}"] = _bind(
-            timm_variants.TimmNFRegNet, variant, row.test_size
-        )
-    return table
-
-
-def _bind(builder, variant, default_size):
-    def constructor(**kwargs):
-        return builder(variant, **kwargs)
-
-    constructor.__name__ = f"{builder.__name__}_{variant}"
-    constructor.default_size = default_size  # the row's test resolution
-    return constructor
-
-
-MODELS = _table()
-
-
-def get_model(name, **kwargs):
-    """Builds a model by its name: ``"nfnet_f0"``, ``"nf_resnet50"``,
-    ``"nf_regnet_b0"``, ``"timm_nf_resnet50"``, ``"timm_nf_regnet_b1"``, ...
-    (``"nfnet_tiny"`` etc. are the test rows)."""
-    if name not in MODELS:
-        raise ValueError(
-            f"Unknown model name. Expected one of {sorted(MODELS)}. "
-            f"Received: name={name!r}"
-        )
-    return MODELS[name](**kwargs)
-
-
-def default_size(name):
-    """The default input side of a model name (its row's test resolution)."""
-    if name not in MODELS:
-        raise ValueError(
-            f"Unknown model name. Expected one of {sorted(MODELS)}. "
-            f"Received: name={name!r}"
-        )
-    return MODELS[name].default_size
+__all__ = [
+    "NFNet", "NFNetF0", "NFNetF1", "NFNetF2", "NFNetF3", "NFNetF4", "NFNetF5", "NFNetF6",
+    "NFNetF7", "NFResNet", "NFResNet26", "NFResNet50", "NFResNet101", "NFResNet152",
+    "NFResNet200", "NFRegNet", "NFRegNetB0", "NFRegNetB1", "NFRegNetB2", "NFRegNetB3",
+    "NFRegNetB4", "NFRegNetB5", "TimmNFResNet", "TimmNFResNet26", "TimmNFResNet50",
+    "TimmNFResNet101", "TimmNFRegNet", "TimmNFRegNetB0", "TimmNFRegNetB1", "TimmNFRegNetB2",
+    "TimmNFRegNetB3", "TimmNFRegNetB4", "TimmNFRegNetB5", "get_architecture", "get_model",
+    "list_models",
+]

@@ -12,7 +12,8 @@ from _timm import randomize_timm, timm, timm_outputs, torch  # noqa: E402
 
 import nfnet_keras  # noqa: E402
 from nfnet_keras.convert.timm import load_timm_state_dict  # noqa: E402
-from nfnet_keras.models import timm_variants  # noqa: E402
+from nfnet_keras.models import builder  # noqa: E402
+from conftest import randomize  # noqa: E402
 
 # (Keras constructor, timm model name, converter rule set)
 ARCHS = {
@@ -41,15 +42,13 @@ def timm_models():
 
 
 @pytest.mark.parametrize("name", sorted(ARCHS))
-def test_parameter_count_matches_timm(name):
+def test_parameter_count_matches_timm(name, count_params):
     constructor, _ = ARCHS[name]
     reference = timm.create_model(name)
     expected = sum(p.numel() for p in reference.parameters())
-    model = constructor(input_shape=(64, 64, 3))
-    assert model.count_params() == expected
-    row = timm_variants.RESNET_VARIANTS.get(name.removeprefix("nf_resnet")) or (
-        timm_variants.REGNET_VARIANTS[name.removeprefix("nf_regnet_").upper()]
-    )
+    row = constructor.architecture
+    assert row.timm_name == name
+    assert count_params(row.name) == expected
     assert row.params == expected
     # The default input size is timm's test size for the variant.
     cfg = reference.pretrained_cfg
@@ -63,14 +62,16 @@ def test_matches_timm(timm_models, name, size):
     constructor, arch = ARCHS[name]
     reference = timm_models(name)
     if size is None:  # the default size: timm's test size (288 for both)
-        model = constructor(classifier_activation=None)
+        model = constructor(weights=None, include_preprocessing=False, classifier_activation=None)
         size = tuple(model.input_shape[1:3])
         assert size == (288, 288)
     else:
-        model = constructor(input_shape=(*size, 3), classifier_activation=None)
+        model = constructor(weights=None, include_preprocessing=False, input_shape=(*size, 3), classifier_activation=None)
     state = reference.state_dict()
     load_timm_state_dict(model, state, arch=arch)
-    features = constructor(include_top=False, pooling="avg", input_shape=(*size, 3))
+    features = constructor(
+        weights=None, include_preprocessing=False, include_top=False, pooling="avg", input_shape=(*size, 3)
+    )
     load_timm_state_dict(features, state, arch=arch, skip=r"head\.fc\.")
 
     rng = np.random.default_rng(1)
@@ -93,7 +94,7 @@ def test_symmetric_max_pool_matches_torch(size):
     # Negative inputs: zero padding (instead of -inf) would win at the border.
     rng = np.random.default_rng(0)
     x = -np.abs(rng.standard_normal((2, *size, 3))).astype("float32") - 1.0
-    ours = np.asarray(timm_variants.SymmetricMaxPooling2D(3, 2, 1)(x))
+    ours = np.asarray(builder.SymmetricMaxPooling2D(3, 2, 1)(x))
     ref = torch.nn.MaxPool2d(3, stride=2, padding=1)(
         torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())
     )
@@ -101,7 +102,7 @@ def test_symmetric_max_pool_matches_torch(size):
 
 
 def test_layer_names_and_init():
-    model = nfnet_keras.TimmNFRegNetB0(input_shape=(64, 64, 3))
+    model = nfnet_keras.TimmNFRegNetB0(weights=None, include_preprocessing=False, input_shape=(64, 64, 3))
     names = {layer.name for layer in model.layers}
     for expected in (
         "stem_conv0",
@@ -135,7 +136,7 @@ def test_drop_path_schedule_matches_timm():
             if rate > 0:
                 expected[f"stage{stage}_block{block}_drop_path"] = rate
                 assert module.drop_path.scale_by_keep
-    model = nfnet_keras.TimmNFRegNetB0(input_shape=(64, 64, 3), stochastic_depth_rate=0.1)
+    model = nfnet_keras.TimmNFRegNetB0(weights=None, include_preprocessing=False, input_shape=(64, 64, 3), stochastic_depth_rate=0.1)
     got = {
         layer.name: layer.rate for layer in model.layers if layer.name.endswith("drop_path")
     }
@@ -146,7 +147,7 @@ def test_drop_path_schedule_matches_timm():
 
 
 def test_wrong_architecture_is_refused(timm_models):
-    model = nfnet_keras.TimmNFResNet26(input_shape=(64, 64, 3))
+    model = nfnet_keras.TimmNFResNet26(weights=None, include_preprocessing=False, input_shape=(64, 64, 3))
     with pytest.raises(ValueError, match=r"unused tensors[\s\S]*stages\.2\.2\.conv1"):
         load_timm_state_dict(model, timm_models("nf_resnet50").state_dict(), arch="timm_nf_resnet")
     with pytest.raises(ValueError, match="arch"):
@@ -154,11 +155,9 @@ def test_wrong_architecture_is_refused(timm_models):
 
 
 def test_saved_model_round_trip(tmp_path):
-    model = nfnet_keras.TimmNFResNet26(input_shape=(64, 64, 3), classifier_activation=None)
-    rng = np.random.default_rng(0)
-    for variable in model.weights:  # non-trivial values (last-conv gains are 0)
-        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
-    images = rng.standard_normal((1, 64, 64, 3)).astype("float32")
+    model = nfnet_keras.TimmNFResNet26(weights=None, include_preprocessing=False, input_shape=(64, 64, 3), classifier_activation=None)
+    randomize(model)  # non-trivial values (last-conv gains are 0)
+    images = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
     path = str(tmp_path / "model.keras")
     model.save(path)
     restored = keras.saving.load_model(path)

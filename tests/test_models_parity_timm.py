@@ -25,12 +25,12 @@ def test_nfnet_f0_matches_timm(timm_f0, size):
     ref_features, ref_logits = timm_outputs(timm_f0, images)
 
     model = nfnet_keras.NFNetF0(
-        input_shape=(*size, 3), classifier_activation=None, convention="timm"
+        weights=None, include_preprocessing=False, input_shape=(*size, 3), classifier_activation=None, convention="timm"
     )
     load_timm_state_dict(model, timm_f0.state_dict())
     logits = model.predict(images, verbose=0)
     features = nfnet_keras.NFNetF0(
-        include_top=False, pooling="avg", input_shape=(*size, 3), convention="timm"
+        weights=None, include_preprocessing=False, include_top=False, pooling="avg", input_shape=(*size, 3), convention="timm"
     )
     features.set_weights(model.get_weights()[: len(features.weights)])
     pooled = features.predict(images, verbose=0)

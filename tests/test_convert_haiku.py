@@ -26,7 +26,9 @@ def tiny_tree():
 
 def tiny_model(**kwargs):
     kwargs.setdefault("classes", 10)
-    return nfnet_keras.NFNet("tiny", input_shape=(32, 32, 3), **kwargs)
+    return nfnet_keras.NFNet(
+        "tiny", input_shape=(32, 32, 3), **{"weights": None, "include_preprocessing": False, **kwargs}
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -276,7 +278,7 @@ def f0_models(f0_pickle):
     models = {}
     for convention in ("timm", "deepmind"):
         models[convention] = nfnet_keras.NFNetF0(
-            input_shape=(64, 64, 3),
+            include_preprocessing=False, input_shape=(64, 64, 3),
             classifier_activation=None,
             convention=convention,
             weights=str(f0_pickle),
@@ -339,9 +341,11 @@ def timm_f0_files(tmp_path_factory):
 @pytest.mark.parametrize("suffix", ["pth", "safetensors"])
 def test_f0_timm_files_reproduce_timm(f0_models, timm_f0_files, f0_images, suffix):
     from nfnet_keras import weights as weights_lib
+    from nfnet_keras.models import get_architecture
 
     timm_model, folder = timm_f0_files
     model = f0_models["timm"]  # reloaded in place: these tests run last
-    weights_lib.load_weights(model, str(folder / f"dm_nfnet_f0.{suffix}"), "nfnet_f0", True)
+    path = str(folder / f"dm_nfnet_f0.{suffix}")
+    weights_lib.load_weights(model, path, get_architecture("nfnet_f0"), True)
     reference = _timm_logits(timm_model, f0_images)
     assert _relative(model.predict(f0_images, verbose=0), reference) <= 1e-4
