@@ -33,11 +33,6 @@ FRAMEWORKS = {
     "timm": ("infer", "train"),  # the same architecture in timm, AGC in the step
     "keras_applications": ("infer", "train"),  # a keras.applications reference model
 }
-# timm's names of this package's models, where timm has the architecture
-# (the registry rows' `timm_name`).
-TIMM_NAMES = {
-    name: row.timm_name for name, row in registry.ARCHITECTURES.items() if row.timm_name
-}
 NUM_CLASSES = 1000
 AGC_CLIPPING = 0.01  # the paper's clipping factor for batch <= 4096 (reference doc §7)
 LEARNING_RATE = 0.1  # any value: the step's cost does not depend on it
@@ -148,10 +143,13 @@ def timm_case(args):
     from timm.utils.agc import adaptive_clip_grad
 
     torch.set_num_threads(os.cpu_count())
-    if args.model not in TIMM_NAMES:
-        raise SystemExit(f"timm has no architecture for {args.model!r}")
+    from nfnet_keras.models import get_architecture
+
+    timm_name = get_architecture(args.model).timm_name
+    if timm_name is None:
+        raise SystemExit(f"timm has no model of {args.model!r}'s network")
     started = time.perf_counter()
-    model = timm.create_model(TIMM_NAMES[args.model], num_classes=NUM_CLASSES)
+    model = timm.create_model(timm_name, num_classes=NUM_CLASSES)
     build_s = time.perf_counter() - started
     x = torch.rand(args.batch, 3, args.size, args.size)
     if args.mode == "infer":

@@ -25,7 +25,8 @@ import statistics
 import subprocess
 import sys
 
-from benchmarks.measure import FRAMEWORKS, TIMM_NAMES
+from benchmarks.measure import FRAMEWORKS
+from nfnet_keras.models import get_architecture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # x86 flags that decide TensorFlow's and PyTorch's CPU kernels.
@@ -72,11 +73,9 @@ def _versions():
 
 
 def _resolve_size(model, size):
-    """'train' / 'test' -> the row's resolution; a number stays a number."""
+    """'train' / 'test' -> the row's resolutions; a number stays a number."""
     if size.isdigit():
         return int(size)
-    from nfnet_keras.models import get_architecture
-
     row = get_architecture(model)
     return row.train_size if size == "train" else row.test_size
 
@@ -98,7 +97,7 @@ def cases(args):
             for batch in args.batches:
                 for mode in args.modes:
                     frameworks = [f for f in args.frameworks if mode in FRAMEWORKS[f]
-                                  and (f != "timm" or model in TIMM_NAMES)]
+                                  and (f != "timm" or get_architecture(model).timm_name)]
                     yield model, _resolve_size(model, size), batch, mode, frameworks
     for name in args.references:
         for mode in args.modes:
@@ -196,6 +195,9 @@ def main(argv=None):
             setattr(args, key, value)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    for size in args.sizes:
+        if size not in ("train", "test") and not size.isdigit():
+            parser.error(f"--sizes takes 'train', 'test' or pixels. Received: {size!r}")
 
     report = {"date": datetime.date.today().isoformat(), "cpu": cpu_info(), "versions": _versions(),
               "rounds": args.rounds, "warmup": args.warmup, "iters": args.iters, "cases": []}

@@ -27,10 +27,37 @@ def eval_transform(image_bytes, transform):
     return transform(image) / 255.0
 
 
+def _is_image_file(image_bytes):
+    """Whether the bytes start as a JPEG, PNG, GIF or BMP file does (the
+    formats `tf.io.decode_image` reads, by their file signatures)."""
+    head = tf.strings.substr(image_bytes, 0, 4)
+    return tf.reduce_any(
+        [
+            tf.io.is_jpeg(image_bytes),
+            tf.equal(head, b"\x89PNG"),
+            tf.equal(tf.strings.substr(head, 0, 3), b"GIF"),
+            tf.equal(tf.strings.substr(head, 0, 2), b"BM"),
+        ]
+    )
+
+
 def eval_transform_batch(image_bytes, transform):
-    """`eval_transform` over a 1-D batch of encoded images -> ``[B, S, S, 3]``."""
+    """`eval_transform` over a 1-D batch of encoded images -> ``[B, S, S, 3]``.
+
+    A batch entry that is no image file fails the call with its index.
+    """
+
+    def one(indexed):
+        index, encoded = indexed
+        check = tf.debugging.Assert(
+            _is_image_file(encoded),
+            [tf.strings.format("`image_bytes[{}]` is not a JPEG, PNG, GIF or BMP file", index)],
+        )
+        with tf.control_dependencies([check]):
+            return eval_transform(tf.identity(encoded), transform)
+
     return tf.map_fn(
-        lambda b: eval_transform(b, transform),
-        image_bytes,
+        one,
+        (tf.range(tf.size(image_bytes)), image_bytes),
         fn_output_signature=tf.TensorSpec([transform.size, transform.size, 3], tf.float32),
     )

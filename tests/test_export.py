@@ -325,10 +325,13 @@ def test_wrong_rank_is_named_before_other_checks(shape, message):
     assert message in str(info.value) and "pixels" not in str(info.value)
 
 
-def test_bad_bytes_gives_clear_error(tiny):
-    loaded = tf.saved_model.load(tiny.saved_model_dir)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
-        loaded.signatures["serving_bytes"](image_bytes=tf.constant([b"not an image"]))
+def test_bad_bytes_name_their_index_in_the_batch(tiny):
+    serve = tf.saved_model.load(tiny.saved_model_dir).signatures["serving_bytes"]
+    good = _encoded("png", seed=19)
+    for batch, index in (([b"not an image"], 0), ([good, _encoded("jpeg"), good[1:]], 2)):
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            serve(image_bytes=tf.constant(batch))
+        assert f"`image_bytes[{index}]` is not a JPEG, PNG, GIF or BMP file" in str(info.value)
 
 
 # --------------------------------------------------------------------------
