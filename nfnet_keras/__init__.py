@@ -6,6 +6,7 @@ from nfnet_keras.folding import fold_for_inference
 from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
 from nfnet_keras.callbacks import FreezeOut
 from nfnet_keras.layers import (
+    EfficientChannelAttention,
     GammaAct,
     PerGroupConv2D,
     ScaledStdConv2D,
@@ -54,12 +55,26 @@ from nfnet_keras.models import (
     get_model,
     list_models,
 )
+from nfnet_keras.models import (
+    NFNetL0,
+    ECANFNetL0,
+    ECANFNetL1,
+    ECANFNetL2,
+    ECANFNetL3,
+    NFSEResNet26,
+    NFSEResNet50,
+    NFSEResNet101,
+    NFECAResNet26,
+    NFECAResNet50,
+    NFECAResNet101,
+)
 from nfnet_keras.presets import from_preset
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AGCOptimizer",
+    "EfficientChannelAttention",
     "GammaAct",
     "NFModel",
     "NFNet",
@@ -111,4 +126,15 @@ __all__ = [
     "optimizers",
     "preprocess_input",
     "unitwise_norm",
+    "NFNetL0",
+    "ECANFNetL0",
+    "ECANFNetL1",
+    "ECANFNetL2",
+    "ECANFNetL3",
+    "NFSEResNet26",
+    "NFSEResNet50",
+    "NFSEResNet101",
+    "NFECAResNet26",
+    "NFECAResNet50",
+    "NFECAResNet101",
 ]

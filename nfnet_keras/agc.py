@@ -251,11 +251,11 @@ class AGCOptimizer(keras.optimizers.Optimizer):
     def install(self, model, stats, variables, excluded):
         """Connects the model whose AGC settings and `stats` are used."""
         inner = self.inner_optimizer
-        self._agc = (
+        self._agc = _Hook(
             model,
             stats,
-            {inner._var_key(v): i for i, v in enumerate(variables)},  # var -> row of stats
-            {inner._var_key(v) for v in excluded},  # left unclipped
+            {inner._var_key(v): i for i, v in enumerate(variables)},
+            {inner._var_key(v) for v in excluded},
         )
 
     @property
@@ -326,7 +326,7 @@ class AGCOptimizer(keras.optimizers.Optimizer):
         inner = self.inner_optimizer
         if self._agc is None:
             return inner.update_step(gradient, variable, learning_rate)
-        model, stats, index, excluded = self._agc
+        model, stats, index, excluded = self._agc.parts()
         key = inner._var_key(variable)
         row = index.get(key)
         if row is None:  # not one of the model's variables
@@ -357,6 +357,23 @@ class AGCOptimizer(keras.optimizers.Optimizer):
             config.pop("inner_optimizer"), custom_objects=custom_objects
         )
         return cls(inner, **config)
+
+
+class _Hook:
+    """The model an `AGCOptimizer` clips for, and where it records.
+
+    A plain object, not a tuple: Keras's weight saving walks an optimizer's
+    containers and would follow the model back to the optimizer.
+    """
+
+    def __init__(self, model, stats, index, excluded):
+        self.model = model
+        self.stats = stats
+        self.index = index  # optimizer var key -> row of `stats`
+        self.excluded = excluded  # optimizer var keys left unclipped
+
+    def parts(self):
+        return self.model, self.stats, self.index, self.excluded
 
 
 def _record(stats, row, n_clipped, sq_norm):

@@ -567,3 +567,75 @@ class Normalize(keras.layers.Layer):
         config = super().get_config()
         config.update({"mean": self.mean, "std": self.std})
         return config
+
+
+def eca_kernel_size(channels, gamma=2, beta=1):
+    """The ECA kernel size of `channels` (timm `timm/layers/eca.py`
+    `EcaModule`, from ECA-Net, Wang et al. 2020, arXiv:1910.03151 eq. 12):
+    ``t = int(|log2(C) + beta| / gamma)``, made odd (``t + 1`` when even),
+    at least 3."""
+    t = int(abs(math.log(channels, 2) + beta) / gamma)
+    return max(t if t % 2 else t + 1, 3)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class EfficientChannelAttention(keras.layers.Layer):
+    """Efficient Channel Attention with a gated output scaled by `gate_gain`.
+
+    ``x * gate_gain * sigmoid(conv1d_k(mean_hw(x)))``: the spatial mean of
+    each channel, a bias-free 1-D convolution of size k along the channel
+    axis (zero padding (k - 1) / 2 on both ends), a sigmoid gate (Wang et al.
+    2020, arXiv:1910.03151; timm `timm/layers/eca.py` `EcaModule`). k follows
+    `eca_kernel_size` unless given. The factor 2 of the NF models (timm
+    `NfCfg.attn_gain`) rescales the gate's expected value 0.5 to 1.
+
+    Args:
+        kernel_size: odd size of the channel convolution; `None` (default)
+            derives it from the number of input channels.
+        gate_gain: constant multiplying the gate (2.0 in every NF model).
+
+    Example:
+    >>> eca = EfficientChannelAttention()
+    >>> eca(np.ones((2, 4, 4, 256))).shape
+    (2, 4, 4, 256)
+    >>> eca.kernel.shape  # k = 5 for 256 channels
+    (5, 1, 1)
+    """
+
+    def __init__(self, kernel_size=None, gate_gain=2.0, **kwargs):
+        super().__init__(**kwargs)
+        if kernel_size is not None and (
+            not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0
+        ):
+            raise ValueError(
+                "`kernel_size` must be None or a positive odd integer. "
+                f"Received: kernel_size={kernel_size!r}"
+            )
+        self.kernel_size = kernel_size
+        self.gate_gain = float(gate_gain)
+
+    def build(self, input_shape):
+        size = self.kernel_size or eca_kernel_size(int(input_shape[-1]))
+        # A Keras Conv1D kernel (width, in, out) over the channel axis; PyTorch
+        # Conv1d default init U(-1/sqrt(k), 1/sqrt(k)) (timm keeps it).
+        bound = 1.0 / math.sqrt(size)
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(size, 1, 1),
+            initializer=keras.initializers.RandomUniform(-bound, bound),
+        )
+
+    def call(self, inputs):
+        squeezed = ops.mean(inputs, axis=(1, 2))[:, :, None]  # (N, C, 1)
+        kernel = ops.cast(self.kernel, squeezed.dtype)
+        # 'same' pads (k - 1) / 2 on both ends for odd k, as timm's Conv1d.
+        gate = ops.sigmoid(ops.conv(squeezed, kernel, padding="same"))[:, :, 0]
+        return (self.gate_gain * gate[:, None, None, :]) * inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"kernel_size": self.kernel_size, "gate_gain": self.gate_gain})
+        return config

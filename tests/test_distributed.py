@@ -1,15 +1,20 @@
-"""AGC under tf.distribute: the update is the one of the global batch.
+"""AGC and the trainer under tf.distribute: the update is the global batch's.
 
-Each check runs tests/dist_worker.py in fresh processes (logical CPU devices
-must be set before TensorFlow starts), bounded with `timeout -k` because
-TensorFlow collectives can hang and ignore SIGTERM (env-findings §4).
+The AGC checks run tests/dist_worker.py in fresh processes (logical CPU
+devices must be set before TensorFlow starts); the trainer checks run
+`python -m training.train` as two MultiWorkerMirroredStrategy workers on
+127.0.0.1. Every process is bounded with `timeout -k` because TensorFlow
+collectives can hang and ignore SIGTERM (env-findings §4).
 """
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -106,3 +111,101 @@ def test_multi_worker_two_processes_equal_one_device(tmp_path):
     # 1-device loss of the whole batch.
     mean_loss = np.mean([r["losses"] for r in results], axis=0)
     np.testing.assert_allclose(mean_loss, single["losses"], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# The trainer (`python -m training.train`) on two worker processes.
+# ---------------------------------------------------------------------------
+
+ROOT = os.path.dirname(HERE)
+# A short demo run: tiny batches, unshuffled input, no dropout (its masks
+# depend on how the batch is split), a checkpoint after every step.
+TRAINER_FLAGS = [
+    "--config=demo", "--batch_size=16", "--epochs=2", "--steps_per_epoch=4",
+    "--checkpoint_every_steps=1", "--config.shuffle_buffer=0", "--config.dropout_rate=0.0",
+    "--verbose=2",
+]
+
+
+def _trainer(out, *flags, tf_config=None):
+    env = _env(**({"TF_CONFIG": json.dumps(tf_config)} if tf_config else {}))
+    return subprocess.Popen(
+        ["timeout", "-k", "5", str(TIMEOUT_S), sys.executable, "-m", "training.train",
+         *TRAINER_FLAGS, f"--out={out}", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        start_new_session=True,  # its own process group: `timeout` and the trainer
+    )
+
+
+def _workers(tmp_path, *flags):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    return [
+        _trainer(tmp_path / f"worker{i}", "--strategy=multi_worker", *flags,
+                 tf_config={"cluster": cluster, "task": {"type": "worker", "index": i}})
+        for i in range(2)
+    ]
+
+
+def _finish(proc):
+    out, _ = proc.communicate(timeout=TIMEOUT_S + 30)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _h5_arrays(path):
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: arrays.__setitem__(name, obj[()])
+            if isinstance(obj, h5py.Dataset) else None
+        )
+    return arrays
+
+
+def test_trainer_on_two_workers_killed_and_restarted_equals_one_process(tmp_path):
+    single = _trainer(tmp_path / "single", "--no_export")
+    workers = _workers(tmp_path, "--no_export")
+    # Kill worker 1 (SIGKILL) once the chief has a checkpoint, then the chief.
+    index = tmp_path / "worker0" / "checkpoints" / "checkpoint"
+    deadline = time.time() + TIMEOUT_S
+    while not index.exists() and time.time() < deadline and workers[0].poll() is None:
+        time.sleep(0.05)
+    for proc in reversed(workers):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for proc in workers:
+        proc.communicate(timeout=60)
+    assert not (tmp_path / "worker0" / "summary.json").exists()  # killed mid-run
+
+    # The same command again, export included: both resume and finish.
+    logs = [_finish(p) for p in _workers(tmp_path)]
+    match = re.search(r"resuming from step (\d+) of ", logs[0])
+    assert match and 1 <= int(match.group(1)) < 8, logs[0][-3000:]
+    chief, other = tmp_path / "worker0", tmp_path / "worker1"
+    with open(chief / "summary.json") as f:
+        assert json.load(f)["steps"] == 8  # 2 epochs x 4 steps, none repeated
+    for name in ("model.weights.h5", "model.keras", "summary.json", "config.json", "export"):
+        assert (chief / name).exists(), name
+        assert not (other / name).exists(), name
+    assert not any(other.iterdir()) if other.exists() else True  # its temp dirs are gone
+
+    _finish(single)
+    ref = _h5_arrays(tmp_path / "single" / "model.weights.h5")
+    got = _h5_arrays(chief / "model.weights.h5")
+    assert ref.keys() == got.keys() and len(ref) > 50
+    diff = max(float(np.max(np.abs(ref[k] - got[k]))) for k in ref)
+    assert diff <= 1e-5, f"max |dw| = {diff}"
+
+
+def test_trainer_refuses_a_batch_that_does_not_split_over_the_workers(tmp_path):
+    logs = []
+    for proc in _workers(tmp_path, "--batch_size=15"):
+        out, _ = proc.communicate(timeout=TIMEOUT_S + 30)
+        assert proc.returncode == 2, out[-3000:]
+        logs.append(out)
+    for out in logs:
+        errors = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert errors == ["error: `--batch_size` (the global batch) must be divisible by the 2 "
+                          "replicas. Received: batch_size=15"]

@@ -157,6 +157,7 @@ def test_skip_gain_starts_at_zero():
         (nfl.ScaledStdConv2D(4, 3, strides=2, groups=2, convention="timm", gamma=1.5), (1, 8, 8, 4)),
         (nfl.GammaAct("silu", beta=0.5, convention="timm"), (1, 4)),
         (nfl.SqueezeExcite(2, gate_gain=2.0), (1, 3, 3, 4)),
+        (nfl.EfficientChannelAttention(), (1, 3, 3, 64)),
         (nfl.StochasticDepth(0.1, scale_by_keep=True, seed=3), (2, 4)),
         (nfl.SkipGain(alpha=0.3), (1, 4)),
     ],

@@ -17,7 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_list_models_hides_test_rows_and_round_trips():
     names = nfnet_keras.list_models()
     assert not any("tiny" in name for name in names)
-    assert len(names) == 28  # F0-F7, 5 + 3 NF-ResNets, 6 + 6 NF-RegNets
+    # F0-F7, 5 + 3 NF-ResNets, 6 + 6 NF-RegNets, timm's L0 + ECA-L0...L3,
+    # 3 SE + 3 ECA NF-ResNets
+    assert len(names) == 39
     for name in names:
         row = get_architecture(name)
         assert row.name == name and row.public
@@ -43,7 +45,7 @@ def test_no_name_is_taken_apart_outside_the_registry():
     # Names are looked up, never parsed: no prefix tests or splits of model
     # names, no "module:function" strings resolved with importlib.
     pattern = re.compile(
-        r"startswith\(\"(nfnet|nf_|timm_|dm_)|removeprefix\(\"(nf|timm)|"
+        r"startswith\(\"(nfnet_(?!keras)|nf_|timm_|dm_)|removeprefix\(\"(nf|timm)|"
         r"\.split\(\"_\"\)|importlib\.import_module|\"nf_resnettiny\""
     )
     offenders = []

@@ -1,22 +1,330 @@
-"""The training script end to end: data, fit with AGC, resume, export, reload."""
+"""The training job end to end: data, the loop, resume, guards, export, eval."""
 
 import glob
 import json
 import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import datasets, train
+from training import datasets, pipeline, train, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 300
+# A short demo run: 2 epochs of 3 steps of 16 images.
+QUICK = ["--config=demo", "--batch_size=16", "--epochs=2", "--steps_per_epoch=3", "--verbose=0"]
 
 
-def run(tmp_path, *extra, callbacks=()):
-    args = train.build_parser().parse_args(
-        ["--config=demo", f"--out={tmp_path}", "--verbose=0", *extra]
+def run(out, *flags):
+    return train.run([*QUICK, f"--out={out}", *flags])
+
+
+def fails(capsys, *argv, code=2):
+    """Runs the command line; asserts the exit code and a one-line error."""
+    assert train.main(list(argv)) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished short demo run with export (shared by several tests)."""
+    out = tmp_path_factory.mktemp("finished")
+    return out, run(out)
+
+
+def test_help_answers_without_importing_tensorflow():
+    code = (
+        "import sys, time; start = time.time(); from training import train; "
+        "train.run(['--help']); print('SECONDS', time.time() - start, 'tensorflow' in sys.modules)"
     )
-    return train.train(args, extra_callbacks=callbacks)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+    assert "--freeze_backbone_epochs" in proc.stdout and "--config.<field>" in proc.stdout
+    seconds, tf_imported = proc.stdout.split("SECONDS")[-1].split()
+    assert tf_imported == "False"
+    assert float(seconds) < 1.0
+
+
+def test_demo_run_writes_weights_models_logs_config_and_export(finished):
+    out, summary = finished
+    assert summary["steps"] == 6 and np.isfinite(summary["final_train_loss"])
+    assert summary["reloaded_max_abs_diff"] < 1e-4
+    assert 0.0 <= summary["eval"]["accuracy"] <= summary["eval"]["top5"] <= 1.0
+    for name in ("model.keras", "best.keras", "model.weights.h5", "config.json", "summary.json"):
+        assert (out / name).exists(), name
+    assert glob.glob(str(out / "export" / "*.tar.gz"))
+    with open(out / "config.json") as f:
+        record = json.load(f)
+    assert record["run"]["model"] == "nfnet_tiny" and record["run"]["seed"] == 0
+    assert record["run"]["precision"] == "float32" and record["strategy"] == "default"
+    assert record["versions"]["tensorflow"] == tf.__version__
+    assert "--steps_per_epoch=3" in record["command"]
+    # TensorBoard: train and validation scalars, top-5 included, per epoch.
+    tags = {"train": set(), "validation": set()}
+    for split in tags:
+        for path in glob.glob(str(out / "tensorboard" / split / "events.out.tfevents.*")):
+            for raw in tf.data.TFRecordDataset(path):
+                event = tf.compat.v1.Event.FromString(raw.numpy())
+                tags[split].update(v.tag for v in event.summary.value)
+    assert {"loss", "accuracy", "top5", "grad_norm", "agc_clip_fraction", "learning_rate"} <= tags["train"]
+    assert {"accuracy", "top5", "loss"} <= tags["validation"]
+    reloaded = keras.models.load_model(out / "model.keras")
+    assert reloaded.agc_clipping == 0.01
+
+
+def test_eval_mode_reports_the_final_top1_and_top5(finished, capsys):
+    out, summary = finished
+    for weights in ("model.keras", "model.weights.h5"):
+        metrics = train.run(["--mode=eval", "--config=demo", f"--weights={out / weights}"])
+        assert metrics["accuracy"] == pytest.approx(summary["eval"]["accuracy"], abs=1e-6)
+        assert metrics["top5"] == 1.0 and metrics["examples"] == 256  # 4 classes
+    assert "top5" in capsys.readouterr().out
+
+
+def test_out_is_guarded_and_a_broken_checkpoint_falls_back(finished, tmp_path, capsys):
+    done, _ = finished
+    err = fails(capsys, *QUICK, f"--out={done}")
+    assert "finished run" in err and "--overwrite" in err
+    # An interrupted copy of it: its config and checkpoints (steps 3 and 6).
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(done / "config.json", out)
+    shutil.copytree(done / "checkpoints", out / "checkpoints")
+    err = fails(capsys, *QUICK, f"--out={out}", "--config.base_lr=1.0")
+    assert "base_lr: 3.2 -> 1.0" in err
+    err = fails(capsys, *QUICK, f"--out={out}", "--config.model='nf_resnet26'")
+    assert "model: 'nfnet_tiny' -> 'nf_resnet26'" in err
+    with open(out / "config.json") as f:
+        assert json.load(f)["run"]["base_lr"] == 3.2  # untouched by the refusals
+    # The latest checkpoint's data file is cut short: the previous one is used.
+    data = glob.glob(str(out / "checkpoints" / "ckpt-6.data-*"))[0]
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    summary = run(out, "--no_export", "--verbose=2")
+    printed = capsys.readouterr().out
+    assert f"{out}/checkpoints/ckpt-6 cannot be read" in printed
+    assert f"resuming from step 3 of {out}/checkpoints/ckpt-3" in printed
+    assert summary["steps"] == 6
+    # Another model's checkpoint without a config record.
+    os.remove(out / "summary.json")
+    os.remove(out / "config.json")
+    err = fails(capsys, *QUICK, f"--out={out}", "--config.model='nf_resnet26'")
+    assert "does not fit this model" in err and "checkpoints/ckpt-6" in err
+
+
+@pytest.mark.parametrize(
+    "flags,match",
+    [
+        (["--batch_size=0"], "batch_size"),
+        (["--epochs=-1"], "epochs"),
+        (["--config=nfnet_f9"], "config"),
+        (["--steps_per_epoch=0"], "steps_per_epoch"),
+        (["--steps_per_epoch=-3"], "steps_per_epoch"),
+        (["--config.nope=1"], "not a recipe field"),
+        (["--config.batch_size=1.5"], "config.batch_size"),
+        (["--nope"], "nope"),
+        (["--dataset=folder", "--data_dir=/does/not/exist"], "data_dir"),
+        (["--dataset=no_such_dataset_xyz"], "no_such_dataset_xyz"),
+        (["--weights=/does/not/exist.weights.h5"], "no such file"),
+        (["--mode=eval"], "--weights"),
+    ],
+)
+def test_bad_input_is_one_line_before_training(tmp_path, capsys, flags, match):
+    fails(capsys, f"--out={tmp_path}", *flags)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_tfds_dataset_fails_fast_with_a_clear_message(tmp_path, capsys):
+    err = fails(capsys, "--dataset=cifar10", f"--data_dir={tmp_path}", f"--out={tmp_path / 'run'}")
+    assert "cifar10" in err and "--download" in err
+
+
+def test_a_run_whose_steps_are_all_non_finite_stops(tmp_path, capsys, monkeypatch):
+    def nan_images(image, size, seed, area_range):
+        return tf.fill([size, size, 3], float("nan"))
+
+    monkeypatch.setattr(pipeline, "train_transform", nan_images)
+    err = fails(capsys, *QUICK, f"--out={tmp_path}", "--no_export", code=1)
+    assert "All 3 steps of epoch 1 were skipped" in err and "--base_lr" in err
+
+
+# ---------------------------------------------------------------------------
+# Reproducibility: two runs agree; a killed run resumes to the same weights.
+# ---------------------------------------------------------------------------
+
+
+def _start(out, *flags):
+    # Shuffle, crop, flip, dropout and stochastic depth on (MixUp/CutMix and
+    # RandAugment are stateless functions of the same seeds: see
+    # test_input_stream_... and test_augment.py); a checkpoint after every step.
+    return subprocess.Popen(
+        ["timeout", "-k", "5", str(TIMEOUT_S), sys.executable, "-m", "training.train", *QUICK,
+         "--config.dropout_rate=0.3", "--config.stochastic_depth_rate=0.2",
+         "--checkpoint_every_steps=1", "--no_export",
+         "--verbose=2", f"--out={out}", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env=dict(os.environ, TF_DETERMINISTIC_OPS="1", TF_CPP_MIN_LOG_LEVEL="3"),
+        start_new_session=True,  # one process group: `timeout` and the trainer
+    )
+
+
+def _weights(out):
+    model = keras.models.load_model(out / "model.keras")
+    return [w.numpy() for w in model.weights]
+
+
+def _finish(proc):
+    log, _ = proc.communicate(timeout=TIMEOUT_S + 30)
+    assert proc.returncode == 0, log[-4000:]
+    return log
+
+
+def test_runs_are_reproducible_and_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    first, second, killed = (_start(tmp_path / name) for name in ("a", "b", "killed"))
+    index = tmp_path / "killed" / "checkpoints" / "checkpoint"
+    deadline = time.time() + TIMEOUT_S
+    while not index.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=60)
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    resumed_log = _finish(_start(tmp_path / "killed"))
+    match = re.search(r"resuming from step (\d+) of ", resumed_log)
+    assert match and 1 <= int(match.group(1)) < 6, resumed_log[-3000:]
+    _finish(first), _finish(second)
+    a, b, resumed = (_weights(tmp_path / n) for n in ("a", "b", "killed"))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert max(float(np.max(np.abs(x - y))) for x, y in zip(a, resumed)) <= 1e-6
+
+
+def test_input_stream_restarts_exactly_at_a_batch_and_shards_are_disjoint():
+    source = datasets.shapes(num_train=40, num_test=8)
+    config = train.resolve_config(train.parse(["--config=demo", "--config.mixup_cutmix=True",
+                                               "--config.shuffle_buffer=16"])[0])
+
+    def batches(count, **kwargs):
+        ds = pipeline.make_train_dataset(source, config, 4, seed=3, **kwargs)
+        return [tuple(t.numpy() for t in b) for b in ds.take(count)]
+
+    stream = batches(12)  # 12 batches of 8 examples: past two epochs of 40
+    again = batches(12)
+    resumed = batches(5, start_batch=7)
+    for x, y in zip(stream, again):
+        np.testing.assert_array_equal(x[0], y[0])
+    for x, y in zip(stream[7:], resumed):
+        np.testing.assert_array_equal(x[0], y[0])
+        np.testing.assert_array_equal(x[1], y[1])
+    # Two shards hold every training key once.
+    keys = [int(k) for i in range(2) for k, _, _ in source.train(2, i).as_numpy_iterator()]
+    assert sorted(keys) == list(range(40))
+
+
+# ---------------------------------------------------------------------------
+# Image folders and fine-tuning.
+# ---------------------------------------------------------------------------
+
+
+COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+
+
+def make_folder(root, per_class=(6, 3), classes=COLOURS, seed=0):
+    """Noisy images whose class is their colour, as PNG files."""
+    rng = np.random.default_rng(seed)
+    for split, count in zip(("train", "test"), per_class):
+        for name, rgb in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                size = int(rng.integers(24, 48))
+                image = np.clip(np.array(rgb) * 0.6 + rng.normal(0, 40, (size, size + 3, 3)), 0, 255)
+                tf.io.write_file(str(folder / f"{i}.png"), tf.io.encode_png(image.astype(np.uint8)))
+    return root
+
+
+def test_image_folder_is_scanned_before_training(tmp_path, capsys):
+    root = make_folder(tmp_path / "data")
+    source = datasets.get_source("folder", str(root))
+    assert source.class_names == ("blue", "green", "red")
+    assert (source.num_train, source.num_test) == (18, 9)
+    # One empty class folder: listed; kept as a class when allowed.
+    (root / "train" / "yellow").mkdir()
+    (root / "test" / "yellow").mkdir()
+    err = fails(capsys, "--dataset=folder", f"--data_dir={root}", f"--out={tmp_path / 'run'}")
+    assert "train/yellow" in err and "--allow_empty_classes" in err
+    source = datasets.get_source("folder", str(root), allow_empty_classes=True)
+    assert source.num_classes == 4 and source.num_train == 18
+    shutil.rmtree(root / "train" / "yellow"), shutil.rmtree(root / "test" / "yellow")
+    # A file that does not decode: named; left out and counted when asked.
+    bad = root / "train" / "red" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    err = fails(capsys, "--dataset=folder", f"--data_dir={root}", f"--out={tmp_path / 'run'}")
+    assert str(bad) in err and "--skip_bad_images" in err
+    source = datasets.get_source("folder", str(root), skip_bad_images=True)
+    assert source.skipped_files == (str(bad),) and source.num_train == 18
+    # Every class folder empty.
+    empty = tmp_path / "empty"
+    for split in ("train", "test"):
+        (empty / split / "cat").mkdir(parents=True)
+    err = fails(capsys, "--dataset=folder", f"--data_dir={empty}", f"--out={tmp_path / 'run'}")
+    assert "no images" in err
+
+
+def test_fine_tune_from_a_weights_file_on_an_image_folder(finished, tmp_path, capsys):
+    done, _ = finished
+    weights = str(done / "model.weights.h5")
+    root = make_folder(tmp_path / "data", per_class=(16, 8))
+    out = tmp_path / "run"
+    summary = train.run([
+        "--config=demo", "--dataset=folder", f"--data_dir={root}", f"--weights={weights}",
+        "--batch_size=8", "--epochs=2", "--freeze_backbone_epochs=1", "--steps_per_epoch=6",
+        "--checkpoint_every_steps=100", "--no_export", f"--out={out}", "--verbose=0",
+        # Without EMA: the evaluation's swap of EMA weights is exact only to
+        # float rounding, and this test asks for bit-identity.
+        "--ema_decay=0",
+    ])
+    assert "new classifier for 3 classes" in capsys.readouterr().out
+    assert summary["eval"]["accuracy"] > 0.5  # chance: 1/3
+
+    config = train.resolve_config(train.parse(["--config=demo"])[0])
+    source_model = keras.models.load_model(done / "model.keras")
+    model, new_head = trainer.build_model(config, 3, weights)
+    assert new_head and model.layers[-1].kernel.shape[-1] == 3
+    backbone = {w.path: w.numpy() for w in source_model.weights if "predictions" not in w.path}
+    assert len(backbone) > 50
+    for w in model.weights:
+        if w.path in backbone:
+            np.testing.assert_array_equal(w.numpy(), backbone[w.path])
+    # The checkpoint at the end of the frozen epoch: backbone bit-identical.
+    tf.train.Checkpoint(model=model).restore(str(out / "checkpoints" / "ckpt-6")).expect_partial()
+    for w in model.trainable_weights:
+        if w.path in backbone:
+            np.testing.assert_array_equal(w.numpy(), backbone[w.path])
+    # Another architecture's weights: one line naming both.
+    err = fails(capsys, "--config=demo", "--config.model='nf_resnet26'", "--dataset=folder",
+                f"--data_dir={root}", f"--weights={weights}", f"--out={tmp_path / 'other'}")
+    assert weights in err and "nf_resnet26" in err
+    assert not (tmp_path / "other" / "config.json").exists()  # a corrected rerun may start
+
+
+def test_mixed_bfloat16_training_exports_float32(tmp_path):
+    summary = run(tmp_path, "--epochs=1", "--precision=mixed_bfloat16")
+    assert summary["precision"] == "mixed_bfloat16"
+    assert np.isfinite(summary["final_train_loss"])
+    assert summary["reloaded_max_abs_diff"] < 1e-4  # the export is float32
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    model = keras.models.load_model(tmp_path / "model.keras")
+    assert model.get_layer("stem_conv0").compute_dtype == "bfloat16"
+    assert model.get_layer("stem_conv0").kernel.dtype == "float32"
 
 
 def test_shapes_dataset_is_deterministic_and_balanced():
@@ -30,103 +338,53 @@ def test_shapes_dataset_is_deterministic_and_balanced():
     assert images.std() > 30
 
 
-def test_end_to_end_train_evaluate_export_reload(tmp_path):
-    summary = run(tmp_path, "--epochs=2", "--steps_per_epoch=4")
-    assert np.isfinite(summary["final_train_loss"])
-    assert summary["reloaded_max_abs_diff"] < 1e-4
-    for name in ("model.keras", "model.weights.h5", "last_epoch.weights.h5", "config.json",
-                 "summary.json"):
-        assert os.path.exists(tmp_path / name), name
-    assert glob.glob(str(tmp_path / "tensorboard" / "train" / "events.out.tfevents.*"))
-    assert glob.glob(str(tmp_path / "export" / "*.tar.gz"))
-    # The saved Keras model reloads and gives the evaluated accuracy.
-    reloaded = keras.models.load_model(tmp_path / "model.keras")
-    assert reloaded.agc_clipping == 0.01
-
-
-def test_mixed_bfloat16_training_exports_float32(tmp_path):
-    summary = run(tmp_path, "--epochs=1", "--steps_per_epoch=3", "--precision=mixed_bfloat16")
-    assert summary["precision"] == "mixed_bfloat16"
-    assert np.isfinite(summary["final_train_loss"])
-    assert summary["reloaded_max_abs_diff"] < 1e-4  # the export is float32
-    assert keras.mixed_precision.global_policy().name == "float32"  # restored
-    model = keras.models.load_model(tmp_path / "model.keras")
-    assert model.get_layer("stem_conv0").compute_dtype == "bfloat16"
-    assert model.get_layer("stem_conv0").kernel.dtype == "float32"
-
-
-class _Interrupt(keras.callbacks.Callback):
-    """Fails like a killed job after `after_steps` training steps."""
-
-    def __init__(self, after_steps):
-        super().__init__()
-        self.after_steps = after_steps
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.after_steps:
-            raise RuntimeError("simulated preemption")
-
-
-class _RecordStart(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.iterations = int(self.model.optimizer.iterations.numpy())
-        self.weights = [w.numpy() for w in self.model.trainable_weights]
-
-
-def test_resume_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path):
-    common = ("--epochs=3", "--steps_per_epoch=4", "--checkpoint_every_steps=2", "--no_export")
-    with pytest.raises(RuntimeError, match="preemption"):
-        run(tmp_path, *common, callbacks=[_Interrupt(after_steps=7)])
-    backup = tmp_path / "backup"
-    assert backup.exists()
-    # BackupAndRestore wrote the step-6 state; a restart starts there.
-    start = _RecordStart()
-    summary = run(tmp_path, *common, callbacks=[start])
-    # Callbacks run in order: BackupAndRestore restores before ours records.
-    assert start.iterations == 6
-    assert np.isfinite(summary["final_train_loss"])
-    assert not any(np.array_equal(w, np.zeros_like(w)) for w in start.weights if w.size > 1)
-
-
-def test_image_folder_dataset(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for split, count in (("train", 6), ("test", 2)):
-        for name in ("cat", "dog"):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                size = int(rng.integers(24, 48))
-                image = rng.integers(0, 255, (size, size + 3, 3), dtype=np.uint8)
-                tf.io.write_file(str(folder / f"{i}.png"), tf.io.encode_png(image))
-    source = datasets.get_source("folder", str(root))
-    assert source.class_names == ("cat", "dog")
-    assert (source.num_train, source.num_test) == (12, 4)
-    summary = run(tmp_path / "run", "--dataset=folder", f"--data_dir={root}", "--epochs=1",
-                  "--batch_size=4", "--no_export")
-    assert summary["eval"]["accuracy"] >= 0.0
-
-
-def test_missing_tfds_dataset_fails_fast_with_a_clear_message(tmp_path, capsys):
-    code = train.main(["--config=demo", "--dataset=cifar10", f"--data_dir={tmp_path}",
-                       f"--out={tmp_path / 'run'}"])
-    assert code == 2
-    message = capsys.readouterr().err
-    assert "cifar10" in message and "--download" in message
-
-
-@pytest.mark.parametrize(
-    "flags,match",
-    [(["--batch_size=0"], "batch_size"), (["--epochs=-1"], "epochs"), (["--config=nfnet_f9"], "config")],
-)
-def test_bad_flags_are_reported(tmp_path, capsys, flags, match):
-    assert train.main([f"--out={tmp_path}", *flags]) == 2
-    assert match in capsys.readouterr().err
-
-
 def test_demo_recipe_learns_the_shapes(tmp_path):
     # The README's main job: 12 epochs reach > 85% test accuracy (measured 92-96%).
-    summary = run(tmp_path, "--no_export")
+    summary = train.run(["--config=demo", f"--out={tmp_path}", "--no_export", "--verbose=0"])
     assert summary["eval"]["accuracy"] > 0.85
     with open(tmp_path / "config.json") as f:
-        assert json.load(f)["agc_clipping"] == 0.01
+        assert json.load(f)["run"]["agc_clipping"] == 0.01
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_across_checkpoint_writes(tmp_path):
+    # Six kills at random times after the first checkpoint, with a checkpoint
+    # after every step: every rerun resumes, the last one finishes with the
+    # uninterrupted run's weights.
+    reference = _start(tmp_path / "reference", "--epochs=4")
+    rng = np.random.default_rng(0)
+    out = tmp_path / "killed"
+    for _ in range(6):
+        proc = _start(out, "--epochs=4")
+        index = out / "checkpoints" / "checkpoint"
+        while not index.exists() and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 3.0)))
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate(timeout=60)
+        assert "Traceback" not in log, log[-3000:]
+        if (out / "summary.json").exists():
+            break
+    if not (out / "summary.json").exists():
+        _finish(_start(out, "--epochs=4"))
+    _finish(reference)
+    diff = max(float(np.max(np.abs(x - y)))
+               for x, y in zip(_weights(tmp_path / "reference"), _weights(out)))
+    assert diff <= 1e-6
+
+
+def test_eval_shards_are_padded_to_the_same_whole_steps():
+    source = datasets.shapes(num_train=8, num_test=13)
+    config = train.resolve_config(train.parse(["--config=demo"])[0])
+    shards = [
+        list(pipeline.make_eval_dataset(source, config, 2, num_shards=2, shard_index=i,
+                                        batches_per_step=2).as_numpy_iterator())
+        for i in range(2)
+    ]
+    # 7 and 6 examples -> 8 each: two steps of two full batches per worker.
+    assert [len(s) for s in shards] == [4, 4]
+    assert all(images.shape == (2, 32, 32, 3) for s in shards for images, _ in s)
+    labels = np.concatenate([labels for s in shards for _, labels in s])
+    real = labels[labels != pipeline.PADDING_LABEL]
+    _, expected = datasets.make_shapes(13, seed=1)
+    assert sorted(real) == sorted(expected)  # every test example once

@@ -33,7 +33,7 @@ from nfnet_keras.weights import rows as rows_lib  # noqa: E402
 
 
 def test_every_row_is_complete():
-    assert len(weights_lib.CHECKPOINTS) == 16  # F0-F6 x (DeepMind, timm) + 2 timm NF
+    assert len(weights_lib.CHECKPOINTS) == 20  # F0-F6 x (DeepMind, timm) + 2 timm NF + 4 light NFNets
     seen = set()
     for row in weights_lib.CHECKPOINTS:
         for field in dataclasses.fields(row):
@@ -50,7 +50,7 @@ def test_every_row_is_complete():
         if row.source == "timm":  # timm file names carry their SHA-256 prefix
             assert row.file_name.rsplit("-", 1)[1].startswith(row.file_hash)
         t = row.eval_transform
-        assert 0 < t.size < t.resize and t.interpolation == "bicubic"
+        assert 0 < t.size <= t.resize and t.interpolation == "bicubic"  # crop 1.0: equal
         assert 75.0 < row.top1 < 90.0
         # No hash has been checked against the real files here (no network).
         assert row.hash_verified is False
@@ -73,11 +73,11 @@ def test_rows_agree_with_the_model_rows_and_with_timm():
         name = {
             "timm_nf_resnet50.ra2_in1k": "nf_resnet50.ra2_in1k",
             "timm_nf_regnet_b1.ra2_in1k": "nf_regnet_b1.ra2_in1k",
-        }.get(row.name, f"{model_row.timm_name}.dm_in1k")
+        }.get(row.name, f"{model_row.timm_name}.{'dm_in1k' if row.tag == 'timm' else row.tag}")
         cfg = timm.models.get_pretrained_cfg(name)
         assert cfg.url == row.url
         assert cfg.test_input_size[-1] == t.size
-        assert t.resize == int(t.size / cfg.crop_pct)
+        assert t.resize == int(t.size / (cfg.test_crop_pct or cfg.crop_pct))
         assert t.keep_aspect == (cfg.crop_mode != "squash")
         assert cfg.interpolation == "bicubic" and t.antialias
 

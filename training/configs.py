@@ -8,6 +8,7 @@ embedded `shapes` dataset, which trains in about a minute on a CPU:
     python -m training.train --config=nfnet_f0 --dataset=imagenet2012 --strategy=tpu
 """
 
+import ast
 import dataclasses
 
 from nfnet_keras import weights
@@ -40,7 +41,13 @@ class TrainConfig:
     shuffle_buffer: int = 10_000
     stochastic_depth_rate: float = None  # None: the model's default
     dropout_rate: float = None  # None: the row's value
-    checkpoint_every_steps: int = 500  # BackupAndRestore frequency
+    checkpoint_every_steps: int = 500  # steps between checkpoints
+    # Fine-tuning from --weights (Keras's transfer-learning guide): train the
+    # classifier alone for this many epochs, then everything at the learning
+    # rate times `unfrozen_lr_scale`. A tenth is this project's choice (the
+    # guide goes from Adam's 1e-3 to 1e-5 for its small dataset).
+    freeze_backbone_epochs: float = 0
+    unfrozen_lr_scale: float = 0.1
 
     @property
     def peak_lr(self):
@@ -118,6 +125,34 @@ def demo():
         stochastic_depth_rate=0.0,
         checkpoint_every_steps=16,
     )
+
+
+def override(config, assignments):
+    """`config` with fields replaced from ``{"field": "text value"}``.
+
+    Values are Python literals (``0.2``, ``None``, ``(0.5, 1.0)``, ``True``);
+    anything else is taken as a string.
+    """
+    fields = {f.name for f in dataclasses.fields(config)}
+    values = {}
+    for name, text in assignments.items():
+        if name not in fields:
+            raise ValueError(
+                f"`--config.{name}` is not a recipe field. Expected one of {sorted(fields)}."
+            )
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        default = getattr(config, name)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if default is not None and value is not None and not isinstance(value, type(default)):
+            raise ValueError(
+                f"`--config.{name}` must be a {type(default).__name__}. Received: {text!r}"
+            )
+        values[name] = value
+    return dataclasses.replace(config, **values)
 
 
 # The paper recipe of each family of DeepMind's architectures.

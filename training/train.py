@@ -1,280 +1,200 @@
 """Train, evaluate, export and reload an NF model — one command.
 
     python -m training.train --config=demo                      # offline, ~1 min on a CPU
-    python -m training.train --config=nfnet_f0 --dataset=imagenet2012 \
+    python -m training.train --config=nfnet_f0 --dataset=imagenet2012 \\
         --data_dir=gs://... --strategy=tpu --out=runs/f0
+    python -m training.train --config=nfnet_f0 --weights=imagenet --dataset=folder \\
+        --data_dir=my_images --freeze_backbone_epochs=2 --config.epochs=10
+    python -m training.train --mode=eval --config=demo --weights=runs/demo/model.keras
 
-Steps: build the model of the config's row inside the strategy scope;
-`model.fit` with AGC (in the model's train step), the paper's SGD with
-coupled weight decay, warm-up + cosine learning rate, weight EMA, label
-smoothing; `BackupAndRestore` every `--checkpoint_every_steps` steps (a
-restarted run resumes there, losing at most the work since), TensorBoard
-logs, a `.weights.h5` of the last epoch; evaluation of the EMA weights;
-`.keras` and `.weights.h5` of the final model; a SavedModel export
-(`export.export`), reloaded with `tf.saved_model.load` to classify a few
-test images and check that it agrees with the Keras model.
+Flags override the recipe of `--config` (`training/configs.py`); any recipe
+field can also be set as `--config.<field>=<value>` (a Python literal), e.g.
+`--config.shuffle_buffer=0` or `--config.crop_area_range=(0.5,1.0)`. The job
+itself is `training.trainer`; this module parses the command line before
+TensorFlow is imported, so `--help` answers at once.
 """
 
-import argparse
 import dataclasses
-import json
-import math
 import os
 import sys
-import time
+
+from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import nfnet_keras  # noqa: E402
-from nfnet_keras.optimizers import NFSGD  # noqa: E402
-from . import configs, datasets, pipeline  # noqa: E402
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 # Keras dtype policies: bfloat16 compute (TPU, recent CPUs/GPUs) or float16
 # with loss scaling (GPUs); variables, weight standardisation, AGC and EMA
 # stay float32 (design.md "Scale").
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+_CONFIG_PREFIX = "--config."
 
 
-def make_strategy(name, tpu_address=None):
-    if name not in STRATEGIES:
-        raise ValueError(f"`--strategy` must be one of {STRATEGIES}. Received: {name!r}")
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "one_device":
-        device = "/gpu:0" if tf.config.list_physical_devices("GPU") else "/cpu:0"
-        return tf.distribute.OneDeviceStrategy(device)
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("`--strategy=multi_worker` needs the TF_CONFIG environment variable.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "")
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. every step of an epoch was non-finite)."""
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--config", default="demo", help="'demo' or a model name (nfnet_f0, ...)")
-    parser.add_argument("--dataset", help="'shapes', 'folder' or a TFDS name (default: the config's)")
-    parser.add_argument("--data_dir", help="TFDS data dir, or the image-folder root")
-    parser.add_argument("--download", action="store_true", help="let TFDS download the dataset")
-    parser.add_argument("--strategy", default="default", choices=STRATEGIES)
-    parser.add_argument("--tpu", help="TPU address for --strategy=tpu")
-    parser.add_argument("--precision", default="float32", choices=PRECISIONS)
-    parser.add_argument("--out", help="output directory (default runs/<config>)")
-    parser.add_argument("--batch_size", type=int, help="global batch size")
-    parser.add_argument("--epochs", type=float)
-    parser.add_argument("--base_lr", type=float, help="learning rate per 256 examples")
-    parser.add_argument("--weight_decay", type=float)
-    parser.add_argument("--agc_clipping", type=float, help="AGC factor; 0 turns AGC off")
-    parser.add_argument("--ema_decay", type=float, help="EMA decay; 0 turns EMA off")
-    parser.add_argument("--steps_per_epoch", type=int, help="default: examples / batch")
-    parser.add_argument("--checkpoint_every_steps", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no_export", action="store_true", help="skip export and reload")
-    parser.add_argument("--verbose", type=int, default=2, help="fit verbosity (0, 1, 2)")
-    return parser
+def define_flags(fv):
+    """Defines the trainer's flags on the `absl.flags.FlagValues` `fv`."""
+    f = dict(flag_values=fv)
+    flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                      "train, or eval: top-1/top-5 of --weights on the dataset's test split", **f)
+    flags.DEFINE_string("config", "demo", "'demo' or a model name (nfnet_f0, nf_resnet50, ...)", **f)
+    flags.DEFINE_string("dataset", None, "'shapes', 'folder' or a TFDS name (default: the config's)", **f)
+    flags.DEFINE_string("data_dir", None, "TFDS data dir, or the image-folder root", **f)
+    flags.DEFINE_bool("download", False, "let TFDS download the dataset", **f)
+    flags.DEFINE_enum("strategy", "default", list(STRATEGIES),
+                      "tf.distribute strategy; multi_worker reads TF_CONFIG", **f)
+    flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu", **f)
+    flags.DEFINE_enum("precision", "float32", list(PRECISIONS), "Keras dtype policy", **f)
+    flags.DEFINE_string("out", None, "run directory (default runs/<config>)", **f)
+    flags.DEFINE_integer("batch_size", None, "global batch size", **f)
+    flags.DEFINE_float("epochs", None, "training epochs", **f)
+    flags.DEFINE_float("base_lr", None, "learning rate per 256 examples", **f)
+    flags.DEFINE_float("weight_decay", None, "coupled L2 weight decay", **f)
+    flags.DEFINE_float("agc_clipping", None, "AGC factor; 0 turns AGC off", **f)
+    flags.DEFINE_float("ema_decay", None, "EMA decay; 0 turns EMA off", **f)
+    flags.DEFINE_integer("steps_per_epoch", None, "default: training examples / batch", **f)
+    flags.DEFINE_integer("checkpoint_every_steps", None, "steps between checkpoints", **f)
+    flags.DEFINE_integer("seed", 0, "seed of the initialisation and of every random op", **f)
+    flags.DEFINE_bool("deterministic", False,
+                      "enable TensorFlow op determinism (as TF_DETERMINISTIC_OPS=1)", **f)
+    flags.DEFINE_string("weights", None,
+                        "initial weights: 'imagenet', a .weights.h5, a DeepMind .npz, a timm "
+                        ".pth/.safetensors or a URL; with --mode=eval also a .keras file", **f)
+    flags.DEFINE_float("freeze_backbone_epochs", None,
+                       "with --weights: epochs that train the classifier alone", **f)
+    flags.DEFINE_bool("overwrite", False, "replace the run in --out instead of resuming it", **f)
+    flags.DEFINE_bool("allow_empty_classes", False, "image folders: keep empty class folders", **f)
+    flags.DEFINE_bool("skip_bad_images", False,
+                      "image folders: leave out files that do not decode (and count them)", **f)
+    flags.DEFINE_bool("no_export", False, "skip the SavedModel export and reload", **f)
+    flags.DEFINE_integer("verbose", None,
+                         "0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a "
+                         "terminal, else 2)", **f)
 
 
-def resolve_config(args):
-    config = configs.get_config(args.config)
-    overrides = {
-        "dataset": args.dataset,
-        "batch_size": args.batch_size,
-        "epochs": args.epochs,
-        "base_lr": args.base_lr,
-        "weight_decay": args.weight_decay,
-        "checkpoint_every_steps": args.checkpoint_every_steps,
+@dataclasses.dataclass
+class Options:
+    """The parsed command line: flag values and the resolved recipe."""
+
+    flag_values: dict
+    train_config: object = None
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["flag_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def parse(argv):
+    """(Options, help text or None) from `argv` (without the program name).
+
+    Raises ValueError with a one-line message for unknown or bad flags.
+    """
+    assignments, rest = {}, []
+    for arg in argv:
+        if arg.startswith(_CONFIG_PREFIX):
+            name, sep, value = arg[len(_CONFIG_PREFIX):].partition("=")
+            if not sep:
+                raise ValueError(f"`{arg}` needs a value: {_CONFIG_PREFIX}{name}=VALUE")
+            assignments[name] = value
+        else:
+            rest.append(arg)
+    fv = flags.FlagValues()
+    define_flags(fv)
+    if any(arg in ("--help", "-h", "--helpfull") for arg in rest):
+        return None, f"{sys.modules[__name__].__doc__}\n{fv.get_help()}"
+    try:
+        fv(["train", *rest])
+    except flags.Error as error:
+        raise ValueError(str(error).splitlines()[0]) from None
+    values = fv.flag_values_dict()
+    values["config_overrides"] = assignments
+    return Options(values), None
+
+
+def resolve_config(options):
+    """The recipe of `--config` with the flags' and `--config.*` overrides."""
+    from . import configs
+
+    config = configs.get_config(options.config)
+    named = {
+        "dataset": options.dataset,
+        "batch_size": options.batch_size,
+        "epochs": options.epochs,
+        "base_lr": options.base_lr,
+        "weight_decay": options.weight_decay,
+        "checkpoint_every_steps": options.checkpoint_every_steps,
+        "freeze_backbone_epochs": options.freeze_backbone_epochs,
     }
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    if args.agc_clipping is not None:
-        config.agc_clipping = args.agc_clipping or None
-    if args.ema_decay is not None:
-        config.ema_decay = args.ema_decay or None
+    config = dataclasses.replace(config, **{k: v for k, v in named.items() if v is not None})
+    if options.agc_clipping is not None:
+        config.agc_clipping = options.agc_clipping or None
+    if options.ema_decay is not None:
+        config.ema_decay = options.ema_decay or None
+    config = configs.override(config, options.config_overrides)
     for name in ("batch_size", "checkpoint_every_steps"):
         if getattr(config, name) < 1:
             raise ValueError(f"`--{name}` must be a positive integer. Received: {getattr(config, name)}")
-    if config.epochs <= 0:
+    if options.steps_per_epoch is not None and options.steps_per_epoch < 1:
+        raise ValueError(
+            f"`--steps_per_epoch` must be a positive integer. Received: {options.steps_per_epoch}"
+        )
+    if not config.epochs > 0:
         raise ValueError(f"`--epochs` must be positive. Received: {config.epochs}")
+    if not (0 <= config.freeze_backbone_epochs < config.epochs):
+        raise ValueError(
+            "`--freeze_backbone_epochs` must be in [0, epochs). "
+            f"Received: {config.freeze_backbone_epochs} with epochs={config.epochs}"
+        )
+    for name in ("base_lr", "weight_decay"):
+        value = getattr(config, name)
+        if not (value >= 0 and value < float("inf")):
+            raise ValueError(f"`--{name}` must be a finite number >= 0. Received: {value}")
     return config
 
 
-def build_model(config, num_classes):
-    # A dynamic input size: trained at train_size, evaluated at test_size.
-    return nfnet_keras.get_model(
-        config.model,
-        weights=None,
-        input_tensor=keras.Input((None, None, 3), name="images"),
-        classes=num_classes,
-        classifier_activation=None,  # logits; the loss applies the softmax
-        include_preprocessing=True,  # pipelines give [0, 255] RGB
-        agc_clipping=config.agc_clipping,
-        dropout_rate=config.dropout_rate,
-        stochastic_depth_rate=config.stochastic_depth_rate,
-    )
-
-
-def make_optimizer(config, total_steps, warmup_steps):
-    # Linear warm-up from 0 then cosine to 0 (deepmind-research
-    # WarmupCosineDecay; reference doc §8.1), stepped with the 0-based
-    # iteration count, so the first update uses lr 0 as in the reference.
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=max(1, total_steps - warmup_steps),
-        warmup_target=config.peak_lr,
-        warmup_steps=warmup_steps,
-    )
-    return NFSGD(
-        learning_rate=schedule,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-        use_ema=config.ema_decay is not None,
-        ema_momentum=config.ema_decay or 0.99,
-    )
-
-
-def train(args, extra_callbacks=()):
-    """Runs the whole job for parsed `args`; returns the summary dict."""
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(args.precision)
-    try:
-        return _train(args, extra_callbacks)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-
-
-def _train(args, extra_callbacks):
-    config = resolve_config(args)
-    out = args.out or os.path.join("runs", args.config)
-    os.makedirs(out, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
-    strategy = make_strategy(args.strategy, args.tpu)
-    source = datasets.get_source(config.dataset, args.data_dir, args.download)
-    steps_per_epoch = args.steps_per_epoch or max(1, source.num_train // config.batch_size)
-    epochs = math.ceil(config.epochs)
-    total_steps = int(config.epochs * steps_per_epoch)
-    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
-    print(
-        f"[train] {config.model} on {config.dataset}: {source.num_train} train / "
-        f"{source.num_test} test examples, {source.num_classes} classes; "
-        f"{strategy.num_replicas_in_sync} replica(s), batch {config.batch_size}, "
-        f"{epochs} epochs x {steps_per_epoch} steps, peak lr {config.peak_lr:g}, "
-        f"AGC {config.agc_clipping}, EMA {config.ema_decay}, {args.precision}"
-    )
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
-
-    train_ds = pipeline.make_train_dataset(source, config, config.batch_size, seed=args.seed)
-    eval_ds = pipeline.make_eval_dataset(source, config, config.batch_size)
-    with strategy.scope():
-        model = build_model(config, source.num_classes)
-        model.compile(
-            optimizer=make_optimizer(config, total_steps, warmup_steps),
-            loss=keras.losses.CategoricalCrossentropy(
-                from_logits=True, label_smoothing=config.label_smoothing
-            ),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+def _check_weights(options):
+    weights = options.weights
+    if options.mode == "eval" and not weights:
+        raise ValueError("`--mode=eval` needs `--weights` (a .keras or weights file).")
+    if weights and weights != "imagenet" and "://" not in weights and not os.path.exists(weights):
+        raise ValueError(
+            "`--weights` must be 'imagenet', a URL or an existing weights file. "
+            f"Received: weights={weights!r} (no such file)"
         )
-    callbacks = [
-        keras.callbacks.BackupAndRestore(
-            os.path.join(out, "backup"), save_freq=config.checkpoint_every_steps
-        ),
-        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(out, "last_epoch.weights.h5"), save_weights_only=True
-        ),
-    ]
-    if config.ema_decay is not None:
-        # Validation at each epoch end runs on the EMA weights.
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    callbacks.extend(extra_callbacks)
-    start = time.time()
-    history = model.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=eval_ds,
-        callbacks=callbacks,
-        verbose=args.verbose,
-    )
-    train_seconds = time.time() - start
-
-    # With use_ema, `fit` ends by writing the EMA into the model's weights.
-    metrics = model.evaluate(eval_ds, return_dict=True, verbose=0)
-    print(f"[eval] {'EMA ' if config.ema_decay else ''}weights: {json.dumps(metrics)}")
-    weights_path = os.path.join(out, "model.weights.h5")
-    model.save_weights(weights_path)
-    model.save(os.path.join(out, "model.keras"))
-    summary = {
-        "precision": args.precision,
-        "train_seconds": round(train_seconds, 1),
-        "final_train_loss": float(history.history["loss"][-1]),
-        "eval": metrics,
-        "weights": weights_path,
-    }
-    if not args.no_export:
-        # Exports are float32 whatever the training precision.
-        keras.mixed_precision.set_global_policy("float32")
-        summary.update(export_and_reload(config, source, weights_path, out))
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"[done] {json.dumps(summary)}")
-    return summary
 
 
-def export_and_reload(config, source, weights_path, out):
-    try:  # installed: nfnet_keras.training next to nfnet_keras.export
-        from ..export import export as export_lib
-    except ImportError:  # a checkout: the top-level training/ next to export/
-        from export import export as export_lib
+def run(argv):
+    """Parses `argv` and runs the job; returns its summary (None for --help).
 
-    export_dir = os.path.join(out, "export")
-    export_lib.export(
-        config.model,
-        export_dir,
-        weights=weights_path,
-        classes=source.num_classes,
-        eval_transform=config.eval_transform,
-    )
-    saved_model_dir = os.path.join(export_dir, "saved_model")
-    reloaded = tf.saved_model.load(saved_model_dir)
-    images, labels = next(iter(source.test.batch(8)))
-    images = tf.stack([config.eval_transform(i) for i in images])
-    served = reloaded(images / 255.0, training=False).numpy()  # TF Hub images: [0, 1]
-    model = build_model(config, source.num_classes)
-    model.load_weights(weights_path)
-    keras_logits = model.predict(images, verbose=0)
-    max_diff = float(np.abs(served - keras_logits).max())
-    predicted = served.argmax(-1)
-    for label, guess in zip(labels.numpy(), predicted):
-        print(f"[predict] true={source.class_names[label]:<10} predicted={source.class_names[guess]}")
-    if max_diff > 1e-3 * max(1.0, float(np.abs(keras_logits).max())):
-        raise RuntimeError(f"The reloaded SavedModel differs from the Keras model by {max_diff}.")
-    return {
-        "export_dir": export_dir,
-        "reloaded_max_abs_diff": max_diff,
-        "reloaded_accuracy_on_8": float((predicted == labels.numpy()).mean()),
-    }
+    Raises ValueError / FileNotFoundError for bad input, before training.
+    """
+    options, help_text = parse(argv)
+    if help_text is not None:
+        print(help_text)
+        return None
+    _check_weights(options)
+    options.flag_values["out"] = options.out or os.path.join("runs", options.config)
+    options.train_config = resolve_config(options)
+    from . import trainer  # imports TensorFlow
+
+    return trainer.run(options, argv)
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """The command line; returns the exit code (2: bad input, 1: failed run)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        train(args)
+        run(argv)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

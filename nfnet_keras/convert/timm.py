@@ -28,6 +28,7 @@ _DM_NFNET_RULES = [
     (r"stage(\d+)_block(\d+)_conv2", lambda m: f"stages.{m[1]}.{m[2]}.conv3"),
     (r"stage(\d+)_block(\d+)_shortcut_conv", lambda m: f"stages.{m[1]}.{m[2]}.downsample.conv"),
     (r"stage(\d+)_block(\d+)_se", lambda m: f"stages.{m[1]}.{m[2]}.attn_last"),
+    (r"stage(\d+)_block(\d+)_eca", lambda m: f"stages.{m[1]}.{m[2]}.attn_last"),
     (r"stage(\d+)_block(\d+)_skip_gain", lambda m: f"stages.{m[1]}.{m[2]}"),
     (r"final_conv", lambda m: "final_conv"),
     (r"predictions", lambda m: "head.fc"),
@@ -35,8 +36,8 @@ _DM_NFNET_RULES = [
 
 # timm's own NF-ResNet / NF-RegNet (`NormFreeNet` with `_nfres_cfg` /
 # `_nfreg_cfg`, built from the timm rows of `nfnet_keras.models`): one stem conv
-# `stem.conv`, no `conv2b`, no skip gain; SE is `attn` (middle, RegNet) or
-# `attn_last` (after conv3, ResNet).
+# `stem.conv`, no `conv2b`, no skip gain; SE / ECA is `attn` (middle, RegNet)
+# or `attn_last` (after conv3, ResNet).
 def _timm_nf_rules(se_module):
     return [
         (r"stem_conv0", lambda m: "stem.conv"),
@@ -44,7 +45,7 @@ def _timm_nf_rules(se_module):
         (r"stage(\d+)_block(\d+)_conv1", lambda m: f"stages.{m[1]}.{m[2]}.conv2"),
         (r"stage(\d+)_block(\d+)_conv2", lambda m: f"stages.{m[1]}.{m[2]}.conv3"),
         (r"stage(\d+)_block(\d+)_shortcut_conv", lambda m: f"stages.{m[1]}.{m[2]}.downsample.conv"),
-        (r"stage(\d+)_block(\d+)_se", lambda m: f"stages.{m[1]}.{m[2]}.{se_module}"),
+        (r"stage(\d+)_block(\d+)_(se|eca)", lambda m: f"stages.{m[1]}.{m[2]}.{se_module}"),
         (r"final_conv", lambda m: "final_conv"),
         (r"predictions", lambda m: "head.fc"),
     ]
@@ -52,6 +53,9 @@ def _timm_nf_rules(se_module):
 
 RULES = {
     "dm_nfnet": _DM_NFNET_RULES,
+    # timm's own NFNets (`nfnet_l0`, `eca_nfnet_l*`): the same module tree,
+    # without skip gains.
+    "timm_nfnet": _DM_NFNET_RULES,
     "timm_nf_resnet": _timm_nf_rules("attn_last"),
     "timm_nf_regnet": _timm_nf_rules("attn"),
 }
@@ -65,6 +69,8 @@ _LAYOUTS = {
     "conv": (lambda s: (s[3], s[2], s[0], s[1]), lambda w: np.transpose(w, (2, 3, 1, 0))),
     # Linear weight: (out, in) -> (in, out).
     "linear": (lambda s: (s[1], s[0]), np.transpose),
+    # timm ECA: Conv1d kernel (out, in, k) -> Keras Conv1D (k, in, out).
+    "conv1d": (lambda s: (s[2], s[1], s[0]), lambda w: np.transpose(w, (2, 1, 0))),
     # timm SE: 1x1 convs (out, in, 1, 1) -> Keras Dense (in, out).
     "conv1x1": (lambda s: (s[1], s[0], 1, 1), lambda w: np.transpose(w[:, :, 0, 0])),
     # ScaledStdConv2d gain: (out, 1, 1, 1) -> (out,).
@@ -89,6 +95,8 @@ def _targets(layer, prefix):
             (layer.fc2.kernel, f"{prefix}.fc2.weight", "conv1x1"),
             (layer.fc2.bias, f"{prefix}.fc2.bias", "same"),
         ]
+    if isinstance(layer, nf_layers.EfficientChannelAttention):
+        return [(layer.kernel, f"{prefix}.conv.weight", "conv1d")]
     if isinstance(layer, nf_layers.SkipGain):
         return [(layer.skip_gain, f"{prefix}.skipinit_gain", "same")]
     # The classifier (keras Dense).

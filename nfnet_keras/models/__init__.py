@@ -41,6 +41,17 @@ TimmNFRegNetB2 = constructor("timm_nf_regnet_b2")
 TimmNFRegNetB3 = constructor("timm_nf_regnet_b3")
 TimmNFRegNetB4 = constructor("timm_nf_regnet_b4")
 TimmNFRegNetB5 = constructor("timm_nf_regnet_b5")
+NFNetL0 = constructor("nfnet_l0")
+ECANFNetL0 = constructor("eca_nfnet_l0")
+ECANFNetL1 = constructor("eca_nfnet_l1")
+ECANFNetL2 = constructor("eca_nfnet_l2")
+ECANFNetL3 = constructor("eca_nfnet_l3")
+NFSEResNet26 = constructor("nf_seresnet26")
+NFSEResNet50 = constructor("nf_seresnet50")
+NFSEResNet101 = constructor("nf_seresnet101")
+NFECAResNet26 = constructor("nf_ecaresnet26")
+NFECAResNet50 = constructor("nf_ecaresnet50")
+NFECAResNet101 = constructor("nf_ecaresnet101")
 
 __all__ = [
     "NFNet", "NFNetF0", "NFNetF1", "NFNetF2", "NFNetF3", "NFNetF4", "NFNetF5", "NFNetF6",
@@ -50,4 +61,7 @@ __all__ = [
     "TimmNFResNet101", "TimmNFRegNet", "TimmNFRegNetB0", "TimmNFRegNetB1", "TimmNFRegNetB2",
     "TimmNFRegNetB3", "TimmNFRegNetB4", "TimmNFRegNetB5", "get_architecture", "get_model",
     "list_models",
+    # timm's light NFNets and attention NF-ResNets
+    "NFNetL0", "ECANFNetL0", "ECANFNetL1", "ECANFNetL2", "ECANFNetL3", "NFSEResNet26",
+    "NFSEResNet50", "NFSEResNet101", "NFECAResNet26", "NFECAResNet50", "NFECAResNet101",
 ]

@@ -31,7 +31,7 @@ ALPHA = 0.2
 # five stride-2 stages leave a 1x1 map at 32 px.
 MIN_SIZE = 32
 STEMS = ("deep_quad", "7x7_pool", "3x3")
-ATTENTIONS = (None, "se")
+ATTENTIONS = (None, "se", "eca")
 SHORTCUTS = ("avgpool", "conv")
 DROP_PATH_SCHEDULES = ("deepmind", "timm")
 CLASSIFIER_INITIALIZERS = {
@@ -72,8 +72,8 @@ class Architecture:
     #   ratio 1 for the network's first block, attention on the middle width
     group_width: int = None  # channels per group of the 3x3 convs; None: not grouped
     extra_conv: bool = False  # a second grouped 3x3 conv (NFNet `conv1b`)
-    attention: str = None  # channel attention: None or "se"
-    attention_ratio: float = 0.0  # attention hidden width = ratio x its input width
+    attention: str = None  # channel attention: None, "se" or "eca" (Efficient Channel Attention)
+    attention_ratio: float = 0.0  # SE hidden width = ratio x its input width
     shortcut: str = "avgpool"  # projection: "avgpool" (2x2 pool, 1x1 conv) or "conv" (strided 1x1)
     width_factor: float = 1.0  # multiplier of `widths`
     channel_divisor: int = None  # None: widths truncated with int() (DeepMind);
@@ -190,6 +190,8 @@ clips gradients adaptively (AGC, on by default, classifier head excluded).
 
 Published: {published}.
 Pooled feature width (`include_top=False, pooling="avg"`): {features}.
+Feature pyramid (`model.pyramid_outputs`, strides 2, 4, 8, 16, 32):
+{pyramid}.
 
 Args:
     include_top: whether to include the classification head (final dense
@@ -257,6 +259,9 @@ def docstring(arch, pretrained_sources):
         ),
         published=", ".join(facts) or "no published configuration",
         features=arch.pooled_features,
+        pyramid=", ".join(
+            f"{key} {width} channels" for key, width in zip(PYRAMID_KEYS, pyramid_widths(arch))
+        ),
         pretrained=(
             "checkpoints " + ", ".join(f"`{s}`" for s in pretrained_sources)
             if pretrained_sources
@@ -505,6 +510,9 @@ def nf_block(x, factory, prefix, *, out_channels, mid_channels, groups, stride, 
     def attention(r):
         if arch.attention is None:
             return r
+        if arch.attention == "eca":
+            # timm `EcaModule` (`attn_layer='eca'`), kernel size from the width.
+            return nf_layers.EfficientChannelAttention(name=prefix + "eca")(r)
         base = r.shape[-1]
         if arch.channel_divisor is None:
             hidden = max(1, int(base * arch.attention_ratio))
@@ -583,6 +591,33 @@ def stages(x, factory, stochastic_depth_rate):
         )
         in_channels = out_channels
     return x
+
+
+# KerasHub's `Backbone.pyramid_outputs` keys: "P<i>" at stride 2**i.
+PYRAMID_KEYS = ("P1", "P2", "P3", "P4", "P5")
+
+
+def pyramid_layers(arch):
+    """The layers whose outputs are P1...P5: the last layer at each stride.
+
+    P1 is the stem's last stride-2 conv (before its activation), timm's
+    stem feature (`feature_info[0]`: `stem.conv3` of the deep stem,
+    `stem.conv` otherwise); P2...P5 are the outputs of the last block of
+    stages 0...3, timm's `stages.0` ... `stages.3` (timm's fifth
+    `features_only` tap is the final 1x1 conv instead, where the network
+    has one: NFNets and NF-RegNets; this model's output is that, activated).
+    """
+    # deep_quad: strides 2, 1, 1, 2, the third conv is the last at stride 2.
+    stem = "stem_conv2" if arch.stem == "deep_quad" else "stem_conv0"
+    return (stem,) + tuple(
+        f"stage{stage}_block{depth - 1}_add" for stage, depth in enumerate(arch.depths)
+    )
+
+
+def pyramid_widths(arch):
+    """Channels of P1...P5."""
+    stem = arch.stem_widths[2] if arch.stem == "deep_quad" else arch.stem_widths[0]
+    return (stem,) + arch.stage_widths
 
 
 def classifier(classes, activation, initializer, name="predictions"):
@@ -688,6 +723,9 @@ def build(
         initializer=CLASSIFIER_INITIALIZERS[arch.classifier_initializer](),
     )
     model = NFModel(inputs, outputs, name=name or arch.name, agc_clipping=agc_clipping)
+    model.pyramid_outputs = {
+        key: model.get_layer(layer).output for key, layer in zip(PYRAMID_KEYS, pyramid_layers(arch))
+    }
     checkpoint = weights_lib.load_weights(model, weights, arch, include_top=include_top)
     model.pretrained_cfg.update(weights_lib.pretrained_cfg(arch, checkpoint))
     if include_top:

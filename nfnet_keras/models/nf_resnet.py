@@ -121,3 +121,34 @@ ROWS = (
     _timm("50", (3, 4, 6, 3), 288, 25_557_032, top1=80.658),
     _timm("101", (3, 4, 23, 3), 224, 44_549_160),
 )
+
+
+def _timm_attention(attention, variant, depths, params):
+    # timm `_nfres_cfg(attn_layer='se', attn_kwargs=dict(rd_ratio=1/16))` and
+    # `_nfres_cfg(attn_layer='eca')` (timm 1.0.31 `model_cfgs`): attention
+    # after the last conv (`attn_last`); no published weights, timm's
+    # default 224 px; params: timm `sum(p.numel())` with 1000 classes.
+    kind = {"se": "SE", "eca": "ECA"}[attention]
+    return dataclasses.replace(
+        _TIMM,
+        name=f"nf_{attention}resnet{variant}",
+        constructor=f"NF{kind}ResNet{variant}",
+        title=f"NF-{kind}-ResNet-{variant}",
+        variant=f"{attention}{variant}",
+        depths=depths,
+        attention=attention,
+        attention_ratio=1 / 16 if attention == "se" else 0.0,
+        test_size=224,
+        params=params,
+        timm_name=f"nf_{attention}resnet{variant}",
+    )
+
+
+ROWS += (
+    _timm_attention("se", "26", (2, 2, 2, 2), 17_395_976),
+    _timm_attention("se", "50", (3, 4, 6, 3), 28_088_024),
+    _timm_attention("se", "101", (3, 4, 23, 3), 49_326_872),
+    _timm_attention("eca", "26", (2, 2, 2, 2), 15_995_220),
+    _timm_attention("eca", "50", (3, 4, 6, 3), 25_557_118),
+    _timm_attention("eca", "101", (3, 4, 23, 3), 44_549_331),
+)

@@ -87,3 +87,61 @@ ROWS = (
         public=False,
     ),
 )
+
+# timm's own light NFNets (timm 1.0.31 `timm/models/nfnet.py` `_nfnet_cfg`
+# and `model_cfgs`), which timm trained its `nfnet_l0` / `eca_nfnet_l*`
+# weights on: SiLU with its gain folded into every conv (`NfCfg.gamma_in_act`
+# False), PyTorch symmetric padding, no skip gain (the last conv's gain
+# starts at 0), widths rounded to multiples of 8, timm's `DropPath`.
+_TIMM_LIGHT = dataclasses.replace(
+    _NFNET,
+    convention="timm",
+    reference=_REFERENCE + "; architecture of timm `timm/models/nfnet.py`",
+    bottleneck_ratio=0.25,  # `bottle_ratio=0.25`
+    activation="silu",  # `act_layer='silu'`
+    group_width=64,  # `group_size=64`
+    attention_ratio=0.25,  # nfnet_l0 SE: `rd_ratio=0.25, rd_divisor=8`
+    channel_divisor=8,  # `NfCfg.ch_div`
+    gamma_in_act=False,
+    same_padding=False,
+    skipinit=False,
+    drop_path_schedule="timm",
+    stochastic_depth_rate=0.0,  # `NormFreeNet(drop_path_rate=0.)`
+    dropout_rate=0.0,  # `NormFreeNet(drop_rate=0.)`
+    randaugment=None,
+    haiku_layout=False,
+    timm_layout="timm_nfnet",
+)
+
+
+def _light(name, constructor, title, depths, feat_mult, attention, train_size, test_size, params, top1=None):
+    # num_features = int(1536 * feat_mult) (`_nfnet_cfg`); train / test px:
+    # timm `default_cfgs` `input_size` / `test_input_size`; params: timm
+    # `sum(p.numel())` with 1000 classes; top1: timm
+    # results/results-imagenet.csv at the test size, crop 1.0.
+    return dataclasses.replace(
+        _TIMM_LIGHT,
+        name=name,
+        constructor=constructor,
+        title=title,
+        variant=name,
+        depths=depths,
+        attention=attention,
+        attention_ratio=_TIMM_LIGHT.attention_ratio if attention == "se" else 0.0,
+        num_features=int(_NFNET.widths[-1] * feat_mult),
+        train_size=train_size,
+        test_size=test_size,
+        params=params,
+        flops=None,
+        top1=top1,
+        timm_name=name,
+    )
+
+
+ROWS += (
+    _light("nfnet_l0", "NFNetL0", "NFNet-L0", (1, 2, 6, 3), 1.5, "se", 224, 288, 35_074_488, 82.766),
+    _light("eca_nfnet_l0", "ECANFNetL0", "ECA-NFNet-L0", (1, 2, 6, 3), 1.5, "eca", 224, 288, 24_143_924, 82.590),
+    _light("eca_nfnet_l1", "ECANFNetL1", "ECA-NFNet-L1", (2, 4, 12, 6), 2, "eca", 256, 320, 41_407_728, 84.062),
+    _light("eca_nfnet_l2", "ECANFNetL2", "ECA-NFNet-L2", (3, 6, 18, 9), 2, "eca", 320, 384, 56_722_348, 84.710),
+    _light("eca_nfnet_l3", "ECANFNetL3", "ECA-NFNet-L3", (4, 8, 24, 12), 2, "eca", 352, 448, 72_036_968),
+)

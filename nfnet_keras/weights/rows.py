@@ -131,25 +131,28 @@ def _f_rows():
     return rows
 
 
-def _timm_nf_row(architecture, file_name, crop_pct, top1, timm_tag):
-    """timm-trained weights of timm's own NF-ResNet / NF-RegNet (7x7 + max-pool
-    stem, D-style shortcuts, 8-rounded widths; reference doc §6), which are
-    not DeepMind's networks. timm default_cfgs: test 288, crop_mode 'center'
-    (shorter side); top-1 from timm results/results-imagenet.csv @288."""
+def _timm_nf_row(architecture, file_name, crop_pct, top1, timm_tag, size=288, tag="ra2_in1k",
+                 citation=_NF_CITATION):
+    """timm-trained weights of timm's own NF networks (NF-ResNet / NF-RegNet:
+    7x7 + max-pool stem, D-style shortcuts, 8-rounded widths, reference doc
+    §6; the light NFNets), which are not DeepMind's networks. timm
+    default_cfgs: test size, crop_pct (``test_crop_pct`` where set), crop_mode
+    'center' (shorter side); top-1 from timm results/results-imagenet.csv at
+    the test size."""
     return Checkpoint(
         architecture=architecture,
-        tag="ra2_in1k",
+        tag=tag,
         source="timm",
         url=_TIMM_NF + file_name,
         file_format="timm",
         file_hash=_timm_hash(file_name),
         hash_algorithm="sha256",
         hash_verified=False,
-        eval_transform=timm_eval(288, crop_pct, keep_aspect=True),
+        eval_transform=timm_eval(size, crop_pct, keep_aspect=True),
         top1=top1,
-        top1_source=f"timm results/results-imagenet.csv ({timm_tag} @288)",
+        top1_source=f"timm results/results-imagenet.csv ({timm_tag} @{size})",
         license=_TIMM_LICENSE,
-        citation=_NF_CITATION,
+        citation=citation,
     )
 
 
@@ -162,6 +165,17 @@ CHECKPOINTS = tuple(
                      "nf_resnet50.ra2_in1k"),
         _timm_nf_row("timm_nf_regnet_b1", "nf_regnet_b1_256_ra2-ad85cfef.pth", 0.9, 79.368,
                      "nf_regnet_b1.ra2_in1k"),
+    ]
+    + [
+        # timm's light NFNets: `test_crop_pct=1.0` at `test_input_size`.
+        _timm_nf_row(arch, file_name, 1.0, top1, f"{arch}.{tag}", size=size, tag=tag,
+                     citation=_NFNET_CITATION)
+        for arch, file_name, size, top1, tag in (
+            ("nfnet_l0", "nfnet_l0_ra2-45c6688d.pth", 288, 82.766, "ra2_in1k"),
+            ("eca_nfnet_l0", "ecanfnet_l0_ra2-e3e9ac50.pth", 288, 82.590, "ra2_in1k"),
+            ("eca_nfnet_l1", "ecanfnet_l1_ra2-7dce93cd.pth", 320, 84.062, "ra2_in1k"),
+            ("eca_nfnet_l2", "ecanfnet_l2_ra3-da781a61.pth", 384, 84.710, "ra3_in1k"),
+        )
     ]
 )
 
