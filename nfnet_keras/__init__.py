@@ -1,9 +1,10 @@
 """nfnet_keras: Normalizer-Free networks for Keras 3."""
 
-from nfnet_keras import layers, optimizers
+from nfnet_keras import analysis, baselines, callbacks, layers, optimizers, regularizers
 from nfnet_keras.agc import AGCOptimizer, NFModel, adaptive_clip, unitwise_norm
 from nfnet_keras.folding import fold_for_inference
 from nfnet_keras.imagenet_utils import decode_predictions, preprocess_input
+from nfnet_keras.callbacks import FreezeOut
 from nfnet_keras.layers import (
     EfficientChannelAttention,
     GammaAct,
@@ -11,8 +12,11 @@ from nfnet_keras.layers import (
     ScaledStdConv2D,
     SkipGain,
     SqueezeExcite,
+    StdConv2D,
     StochasticDepth,
 )
+from nfnet_keras.normalization import EvoNormB0, EvoNormS0
+from nfnet_keras.regularizers import FilterOrthogonal
 from nfnet_keras.optimizers import NFSGD
 from nfnet_keras.models import (
     NFNet,

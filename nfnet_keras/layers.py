@@ -117,8 +117,66 @@ class PerGroupConv2D(keras.layers.Conv2D):
         )
 
 
+class _StandardizedConv2D(PerGroupConv2D):
+    """Conv2D that convolves with a function of its kernel, `standardized_kernel()`.
+
+    The shared part of `ScaledStdConv2D` and `StdConv2D`: the kernel is read in
+    float32 whatever the dtype policy, grouped convolutions run one group at a
+    time (`PerGroupConv2D`), and every variable (not only kernel and bias) is
+    saved. Padding and strides are Keras's own.
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError(
+                f"{type(self).__name__} supports only `data_format='channels_last'`. "
+                f"Received: data_format={self.data_format!r}"
+            )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        # Weight standardisation reads the float32 master weights even under
+        # a mixed-precision policy (design.md "Scale"): switch off the
+        # variables' autocasting; `call` casts the result once.
+        self._kernel._autocast = False
+
+    @property
+    def fan_in(self):
+        return int(math.prod(self._kernel.shape[:-1]))
+
+    def standardized_kernel(self):
+        """The kernel the convolution uses, in float32."""
+        raise NotImplementedError
+
+    def _kernel_moments(self):
+        """float32 kernel, its per-output-channel mean and population variance."""
+        kernel = ops.cast(self._kernel, "float32")
+        axes = (0, 1, 2)
+        mean = ops.mean(kernel, axis=axes, keepdims=True)
+        var = ops.var(kernel, axis=axes, keepdims=True)  # population variance
+        return kernel, mean, var
+
+    def call(self, inputs):
+        kernel = ops.cast(self.standardized_kernel(), self.compute_dtype)
+        outputs = self.convolution_op(inputs, kernel)
+        if self.use_bias:
+            outputs = ops.add(outputs, ops.cast(self.bias, self.compute_dtype))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    # Conv2D saves only kernel and bias; save and load every variable
+    # (kernel, bias, gain) instead, in creation order.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ScaledStdConv2D(PerGroupConv2D):
+class ScaledStdConv2D(_StandardizedConv2D):
     """Conv2D with Scaled Weight Standardization and a learnable gain.
 
     The kernel used in the convolution is standardised per output channel
@@ -176,11 +234,6 @@ class ScaledStdConv2D(PerGroupConv2D):
             kernel_initializer=kernel_initializer,
             **kwargs,
         )
-        if self.data_format != "channels_last":
-            raise ValueError(
-                "ScaledStdConv2D supports only `data_format='channels_last'`. "
-                f"Received: data_format={self.data_format!r}"
-            )
         self.convention = convention
         self.eps = float(
             eps
@@ -199,23 +252,12 @@ class ScaledStdConv2D(PerGroupConv2D):
             trainable=True,
             dtype=self.dtype,
         )
-        # Weight standardisation reads the float32 master weights even under
-        # a mixed-precision policy (design.md "Scale"): switch off the
-        # variables' autocasting; `call` casts the result once.
-        self._kernel._autocast = False
         self.gain._autocast = False
-
-    @property
-    def fan_in(self):
-        return int(math.prod(self._kernel.shape[:-1]))
 
     def standardized_kernel(self):
         """The kernel the convolution uses, in float32."""
-        kernel = ops.cast(self._kernel, "float32")
+        kernel, mean, var = self._kernel_moments()
         gain = ops.cast(self.gain, "float32")
-        axes = (0, 1, 2)
-        mean = ops.mean(kernel, axis=axes, keepdims=True)
-        var = ops.var(kernel, axis=axes, keepdims=True)  # population variance
         if self.convention == "deepmind":
             # deepmind-research `base.WSConv2D`: w * s - mean * s with
             # s = gain * rsqrt(max(N * var, eps)).
@@ -227,23 +269,6 @@ class ScaledStdConv2D(PerGroupConv2D):
         # gain * gamma * N**-0.5 and eps added to the variance.
         scale = gain * (self.gamma * self.fan_in**-0.5)
         return (kernel - mean) * (ops.rsqrt(var + self.eps) * scale)
-
-    def call(self, inputs):
-        kernel = ops.cast(self.standardized_kernel(), self.compute_dtype)
-        outputs = self.convolution_op(inputs, kernel)
-        if self.use_bias:
-            outputs = ops.add(outputs, ops.cast(self.bias, self.compute_dtype))
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
-
-    # Conv2D saves only kernel and bias; save and load every variable
-    # (kernel, bias, gain) instead, in creation order.
-    def save_own_variables(self, store):
-        keras.layers.Layer.save_own_variables(self, store)
-
-    def load_own_variables(self, store):
-        keras.layers.Layer.load_own_variables(self, store)
 
     def get_config(self):
         config = super().get_config()
@@ -257,6 +282,71 @@ class ScaledStdConv2D(PerGroupConv2D):
                 ),
             }
         )
+        return config
+
+
+# Plain-WS epsilon conventions (extensions reference §2.1): big_vision
+# `bit.py` `StdConv` adds 1e-5 to the population std; timm `StdConv2d`
+# adds 1e-6 to the variance.
+STD_WS_EPS = {"std": 1e-5, "var": 1e-6}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StdConv2D(_StandardizedConv2D):
+    """Conv2D with plain Weight Standardization (Qiao et al. 2019, arXiv:1903.10520).
+
+    The convolution uses ``(W - mean) / std`` per output channel, statistics
+    over the fan-in axes (H, W, I) in float32, with no gain and no fan-in
+    scaling: the convolution of GroupNorm + WS networks (BiT, "BYOL works
+    even without batch statistics"). `ScaledStdConv2D` is the NF variant.
+
+    Args:
+        filters, kernel_size, strides, padding, groups, use_bias, ...:
+            as for `keras.layers.Conv2D`. Padding defaults to ``"same"``
+            and `use_bias` to `False` (a normalisation layer follows).
+        eps: the epsilon; defaults to 1e-5 (``eps_mode="std"``) or 1e-6
+            (``eps_mode="var"``).
+        eps_mode: ``"std"`` divides by ``std + eps`` (big_vision `bit.py`
+            `StdConv`, the BiT models) or ``"var"`` by ``sqrt(var + eps)``
+            (timm `StdConv2d`). Both use the population variance.
+
+    Example:
+    >>> conv = StdConv2D(16, 3)
+    >>> conv(np.zeros((1, 8, 8, 3))).shape
+    (1, 8, 8, 16)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        use_bias=False,
+        eps=None,
+        eps_mode="std",
+        **kwargs,
+    ):
+        if eps_mode not in STD_WS_EPS:
+            raise ValueError(
+                f"`eps_mode` must be one of {tuple(STD_WS_EPS)}. Received: eps_mode={eps_mode!r}"
+            )
+        super().__init__(
+            filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias, **kwargs
+        )
+        self.eps_mode = eps_mode
+        self.eps = float(STD_WS_EPS[eps_mode] if eps is None else eps)
+
+    def standardized_kernel(self):
+        """The kernel the convolution uses, in float32."""
+        kernel, mean, var = self._kernel_moments()
+        if self.eps_mode == "std":
+            return (kernel - mean) / (ops.sqrt(var) + self.eps)
+        return (kernel - mean) * ops.rsqrt(var + self.eps)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"eps": self.eps, "eps_mode": self.eps_mode})
         return config
 
 

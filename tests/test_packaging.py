@@ -55,4 +55,5 @@ def test_training_and_export_install_under_the_package():
         "nfnet-convert": "nfnet_keras.convert.cli:main",
         "nfnet-train": "nfnet_keras.training.train:main",
         "nfnet-export": "nfnet_keras.export.export:main",
+        "nfnet-spp": "nfnet_keras.analysis:main",
     }
