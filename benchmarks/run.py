@@ -18,6 +18,7 @@ Writes ``<out>/results.md`` and ``<out>/results.json`` (default
 
 import argparse
 import datetime
+from importlib.metadata import PackageNotFoundError, version
 import json
 import os
 import platform
@@ -64,10 +65,8 @@ def _versions():
     versions = {"python": platform.python_version()}
     for name in ("tensorflow", "keras", "torch", "timm"):
         try:
-            from importlib.metadata import version
-
             versions[name] = version(name if name != "tensorflow" else "tensorflow-cpu")
-        except Exception:  # noqa: BLE001 - a missing package is reported as such
+        except PackageNotFoundError:  # reported as missing
             versions[name] = None
     return versions
 
@@ -209,7 +208,7 @@ def main(argv=None):
                               args.timeout)
                 rounds[framework].append(run)
                 print(f"{model} {size}px b{batch} {mode} {framework} round {index + 1}: "
-                      f"{run.get('error') or statistics.median(run['times']):}", flush=True)
+                      f"{run.get('error') or statistics.median(run['times'])}", flush=True)
         report["cases"].append({"model": model, "size": size, "batch": batch, "mode": mode,
                                 "results": summarise(rounds), "raw": rounds})
     os.makedirs(args.out, exist_ok=True)
