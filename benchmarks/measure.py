@@ -43,6 +43,12 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def _rss_mb():
+    """The process's resident memory now (Linux `/proc/self/statm`, in pages)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _time_calls(fn, warmup, iters):
     start = time.perf_counter()
     fn()
@@ -202,9 +208,10 @@ def main(argv=None):
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be at least 1")
     build_s, fn = CASES[args.framework](args)
+    built_rss_mb = _rss_mb()
     first_call_s, times = _time_calls(fn, args.warmup, args.iters)
     print(json.dumps({"build_s": build_s, "first_call_s": first_call_s, "times": times,
-                      "peak_rss_mb": _peak_rss_mb()}))
+                      "built_rss_mb": built_rss_mb, "peak_rss_mb": _peak_rss_mb()}))
 
 
 if __name__ == "__main__":

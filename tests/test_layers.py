@@ -189,3 +189,138 @@ def test_per_group_conv2d_equals_keras_grouped_conv2d():
     per_group.set_weights(reference.get_weights())
     np.testing.assert_allclose(per_group(x), expected, rtol=1e-5, atol=1e-5)
     assert per_group.get_config()["groups"] == 4
+
+
+# Gradients of the memory-saving backward passes (`ops.custom_gradient`)
+# against TensorFlow's automatic differentiation of the plain formulas.
+
+
+def _autodiff_grads(fn, *args):
+    import tensorflow as tf
+
+    args = [tf.constant(a) for a in args]
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        out = fn(*args)
+    return out, tape.gradient(out, args)
+
+
+def _plain_ws(kernel, gain, layer):
+    """The standardised kernel of `layer`, written out in TF ops (reference formulas)."""
+    import tensorflow as tf
+
+    fan_in = float(np.prod(kernel.shape[:-1]))
+    mean = tf.reduce_mean(kernel, axis=(0, 1, 2), keepdims=True)
+    var = tf.math.reduce_variance(kernel, axis=(0, 1, 2), keepdims=True)
+    if isinstance(layer, nfl.StdConv2D):
+        if layer.eps_mode == "std":
+            return (kernel - mean) / (tf.sqrt(var) + layer.eps)
+        return (kernel - mean) * tf.math.rsqrt(var + layer.eps)
+    if layer.convention == "deepmind":  # deepmind-research base.WSConv2D
+        scale = tf.math.rsqrt(tf.maximum(var * fan_in, layer.eps)) * gain * layer.gamma
+        return kernel * scale - mean * scale
+    # timm ScaledStdConv2d
+    return (kernel - mean) * tf.math.rsqrt(var + layer.eps) * gain * layer.gamma * fan_in**-0.5
+
+
+@pytest.mark.parametrize(
+    "layer,kernel_scale",
+    [
+        (nfl.ScaledStdConv2D(6, 3, groups=2, convention="deepmind"), 1.0),
+        (nfl.ScaledStdConv2D(6, 3, convention="deepmind", gamma=1.7), 1e-4),  # N*var under the floor
+        (nfl.ScaledStdConv2D(6, 3, groups=3, convention="timm", gamma=1.7), 1.0),
+        (nfl.StdConv2D(6, 3, eps_mode="std"), 1.0),
+        (nfl.StdConv2D(6, 3, eps_mode="var"), 1.0),
+    ],
+)
+def test_standardized_kernel_gradient_equals_autodiff(layer, kernel_scale):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    layer.build((1, 5, 5, 6))
+    kernel = (rng.standard_normal(layer._kernel.shape) * kernel_scale).astype("float32")
+    layer._kernel.assign(kernel)
+    gain = rng.uniform(0.5, 1.5, (6,)).astype("float32")
+    if isinstance(layer, nfl.ScaledStdConv2D):
+        layer.gain.assign(gain)
+    upstream = tf.constant(rng.standard_normal(kernel.shape).astype("float32"))
+    expected, (grad_kernel, grad_gain) = _autodiff_grads(
+        lambda k, g: _plain_ws(k, g, layer) * upstream, kernel, gain)
+    with tf.GradientTape() as tape:
+        out = layer.standardized_kernel()
+        loss = out * upstream
+    got = tape.gradient(loss, layer.trainable_variables)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    scale = np.abs(grad_kernel).max()
+    np.testing.assert_allclose(got[0] / scale, grad_kernel / scale, atol=1e-6)
+    if isinstance(layer, nfl.ScaledStdConv2D):
+        np.testing.assert_allclose(got[-1], grad_gain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("convention", ["deepmind", "timm"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gamma_act_gelu_gradient_equals_autodiff(convention, dtype):
+    import tensorflow as tf
+
+    def plain(t):  # GELU in TF ops, constants in t's dtype (tf.nn.gelu rounds one to float32)
+        if convention == "deepmind":
+            cubic = tf.constant(0.044715, t.dtype)  # Hendrycks & Gimpel's tanh form
+            y = 0.5 * t * (1 + tf.tanh(math.sqrt(2 / math.pi) * (t + cubic * t**3)))
+        else:
+            y = 0.5 * t * (1 + tf.math.erf(t / math.sqrt(2)))
+        return y * nfl.GAMMA["gelu"] * 0.9
+
+    x = np.linspace(-6, 6, 241).astype(dtype)
+    _, (expected,) = _autodiff_grads(plain, x)
+    layer = nfl.GammaAct("gelu", beta=0.9, convention=convention, dtype=dtype)
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+    got = tape.gradient(y, x)
+    assert got.dtype == dtype
+    # A few ulps of gradients up to 1.7 (rounding of tanh near +-1 in the tails).
+    tolerance = dict(rtol=0, atol=5e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(got, expected, **tolerance)
+
+
+def _saved_for_backward_bytes(layer, x):
+    """Bytes of forward-pass tensors that the backward pass of `layer` reads.
+
+    In the traced graph of forward and backward, the backward ops are those
+    that depend on the upstream gradient; the forward tensors they read are
+    what the forward pass must keep alive.
+    """
+    import tensorflow as tf
+
+    @tf.function
+    def step(x, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        return tape.gradient(y, [x] + layer.trainable_variables, output_gradients=upstream)
+
+    spec = tf.TensorSpec(x.shape, x.dtype)
+    graph = step.get_concrete_function(spec, spec).graph
+    backward = set()
+    for op in graph.get_operations():  # topological order
+        if op.name == "upstream" or any(t.op.name in backward for t in op.inputs):
+            backward.add(op.name)
+    saved = {t.ref(): t for op in graph.get_operations() if op.name in backward
+             for t in op.inputs if t.op.name not in backward and t.op.type != "Const"}
+    return sum(int(np.prod(t.shape)) * t.dtype.size for t in saved.values())
+
+
+def test_gamma_act_gelu_backward_reads_only_its_input():
+    x = np.zeros((2, 16, 16, 32), "float32")
+    assert _saved_for_backward_bytes(nfl.GammaAct("gelu", beta=0.5), x) <= x.nbytes
+
+
+def test_ws_conv_backward_keeps_no_kernel_sized_temporaries():
+    # The convolution's backward reads its input and the standardised kernel;
+    # the standardisation's backward only the kernel (no centred copy).
+    conv = nfl.ScaledStdConv2D(64, 3, groups=2)
+    x = np.zeros((1, 4, 4, 64), "float32")
+    conv.build(x.shape)
+    kernel_bytes = int(np.prod(conv._kernel.shape)) * 4
+    assert _saved_for_backward_bytes(conv, x) <= x.nbytes + 2 * kernel_bytes + 4096
