@@ -83,12 +83,13 @@ def _keras_step(args, build):
     model = build()
     build_s = time.perf_counter() - started
     if args.mode == "infer":
-        infer = tf.function(lambda t: model(t, training=False))
+        infer = tf.function(lambda t: model(t, training=False), jit_compile=args.jit_compile)
         return build_s, lambda: infer(x).numpy()
     y = tf.constant(rng.integers(0, NUM_CLASSES, (args.batch,)))
     model.compile(
         optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=args.jit_compile,
     )
     return build_s, lambda: model.train_on_batch(x, y)
 
@@ -202,11 +203,24 @@ def main(argv=None):
     parser.add_argument("--mode", choices=("infer", "train"), default="infer")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls, the first included")
     parser.add_argument("--iters", type=int, default=5, help="timed calls")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="TensorFlow frameworks: compile the call or train step with XLA")
+    parser.add_argument("--inter-op-threads", type=int, default=0,
+                        help="TensorFlow's inter-op thread pool (0: its default)")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="TensorFlow's intra-op thread pool (0: its default)")
     args = parser.parse_args(argv)
     if args.mode not in FRAMEWORKS[args.framework]:
         parser.error(f"--framework={args.framework} measures only {FRAMEWORKS[args.framework]}")
+    if args.jit_compile and args.framework not in ("keras", "keras_folded", "keras_applications"):
+        parser.error(f"--jit-compile applies to Keras models, not --framework={args.framework}")
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be at least 1")
+    if args.inter_op_threads or args.intra_op_threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     build_s, fn = CASES[args.framework](args)
     built_rss_mb = _rss_mb()
     first_call_s, times = _time_calls(fn, args.warmup, args.iters)
