@@ -117,6 +117,7 @@ def summarise(rounds):
             "round_medians_s": round_medians,
             "first_call_s": statistics.median([run["first_call_s"] for run in ok]),
             "build_s": statistics.median([run["build_s"] for run in ok]),
+            "built_rss_mb": max(run["built_rss_mb"] for run in ok),
             "peak_rss_mb": max(run["peak_rss_mb"] for run in ok),
         }
     timm = summary.get("timm", {})
@@ -145,17 +146,19 @@ def markdown(report):
         "timed calls; spread = min-max of the per-round medians; speed vs timm = timm's time / "
         "this time, median of the per-round ratios (per round in brackets). Train steps: "
         "forward, backward, AGC (0.01, head excluded) and SGD with Nesterov momentum, in both "
-        "frameworks. First call includes tracing; peak RSS is the whole process's.",
+        "frameworks. First call includes tracing; RSS built = the process's resident memory "
+        "after building the model (and before its first call), peak RSS = the whole process's "
+        "peak; both are the maximum over the rounds.",
         "",
         "| model | px | batch | mode | framework | median s/batch | img/s | spread s | "
-        "speed vs timm | first call s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "speed vs timm | first call s | RSS built MB | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in report["cases"]:
         for framework, entry in case["results"].items():
             head = f"| {case['model']} | {case['size']} | {case['batch']} | {case['mode']} | {framework} |"
             if "error" in entry:
-                lines.append(f"{head} failed: {entry['error']} | | | | | |")
+                lines.append(f"{head} failed: {entry['error']} | | | | | | |")
                 continue
             spread = f"{min(entry['round_medians_s']):.3f}-{max(entry['round_medians_s']):.3f}"
             ratio = ""
@@ -164,9 +167,24 @@ def markdown(report):
                 ratio = f"{entry['speed_vs_timm']:.2f}x ({per_round})"
             lines.append(
                 f"{head} {entry['median_s']:.3f} | {case['batch'] / entry['median_s']:.2f} | "
-                f"{spread} | {ratio} | {entry['first_call_s']:.1f} | {entry['peak_rss_mb']:.0f} |"
+                f"{spread} | {ratio} | {entry['first_call_s']:.1f} | {entry['built_rss_mb']:.0f} | "
+                f"{entry['peak_rss_mb']:.0f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _previous_cases(path, report, parser):
+    """The cases of an earlier run that `report` may extend."""
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError) as error:
+        parser.error(f"--append needs a readable {path}: {error}")
+    for key in ("cpu", "versions", "rounds", "warmup", "iters"):
+        if previous.get(key) != report[key]:
+            parser.error(f"--append: {path} was measured with another {key} "
+                         f"({previous.get(key)!r}, now {report[key]!r})")
+    return previous["cases"]
 
 
 def main(argv=None):
@@ -188,6 +206,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="a seconds-long smoke run of every code path (tiny model); no speed claim")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
+    parser.add_argument("--append", action="store_true",
+                        help="add the cases to <out>/results.json (same CPU and versions) instead "
+                             "of replacing it: a table measured in several runs")
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -200,6 +221,8 @@ def main(argv=None):
 
     report = {"date": datetime.date.today().isoformat(), "cpu": cpu_info(), "versions": _versions(),
               "rounds": args.rounds, "warmup": args.warmup, "iters": args.iters, "cases": []}
+    if args.append:
+        report["cases"] = _previous_cases(os.path.join(args.out, "results.json"), report, parser)
     for model, size, batch, mode, frameworks in cases(args):
         rounds = {framework: [] for framework in frameworks}
         for index in range(args.rounds):

@@ -1,9 +1,12 @@
 """The benchmark runs end to end and reports what it claims; no speed is asserted."""
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from benchmarks import run
 
@@ -12,10 +15,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_summary_medians_spread_and_per_round_ratios():
     rounds = {
-        "keras": [{"times": [1.0, 3.0, 2.0], "first_call_s": 5.0, "build_s": 1.0, "peak_rss_mb": 900},
-                  {"times": [4.0, 4.0, 4.0], "first_call_s": 7.0, "build_s": 1.0, "peak_rss_mb": 950}],
-        "timm": [{"times": [3.0, 3.0, 3.0], "first_call_s": 1.0, "build_s": 1.0, "peak_rss_mb": 800},
-                 {"times": [2.0, 2.0, 2.0], "first_call_s": 1.0, "build_s": 1.0, "peak_rss_mb": 700}],
+        "keras": [{"times": [1.0, 3.0, 2.0], "first_call_s": 5.0, "build_s": 1.0, "built_rss_mb": 600,
+                   "peak_rss_mb": 900},
+                  {"times": [4.0, 4.0, 4.0], "first_call_s": 7.0, "build_s": 1.0, "built_rss_mb": 500,
+                   "peak_rss_mb": 950}],
+        "timm": [{"times": [3.0, 3.0, 3.0], "first_call_s": 1.0, "build_s": 1.0, "built_rss_mb": 400,
+                  "peak_rss_mb": 800},
+                 {"times": [2.0, 2.0, 2.0], "first_call_s": 1.0, "build_s": 1.0, "built_rss_mb": 400,
+                  "peak_rss_mb": 700}],
         "keras_folded": [{"error": "boom"}, {"error": "boom"}],
     }
     summary = run.summarise(rounds)
@@ -24,9 +31,23 @@ def test_summary_medians_spread_and_per_round_ratios():
     assert keras["round_medians_s"] == [2.0, 4.0]
     assert keras["speed_vs_timm_rounds"] == [1.5, 0.5]  # timm 3/2, then 2/4
     assert keras["speed_vs_timm"] == 1.0
-    assert keras["peak_rss_mb"] == 950 and keras["first_call_s"] == 6.0
+    assert keras["peak_rss_mb"] == 950 and keras["built_rss_mb"] == 600
+    assert keras["first_call_s"] == 6.0
     assert "speed_vs_timm" not in summary["timm"]
     assert summary["keras_folded"] == {"error": "boom"}
+
+
+def test_append_extends_only_a_table_of_the_same_setup(tmp_path):
+    report = {"cpu": run.cpu_info(), "versions": {"keras": "3"}, "rounds": 2, "warmup": 1,
+              "iters": 3, "cases": [{"model": "nfnet_f0"}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(report))
+    parser = argparse.ArgumentParser()
+    assert run._previous_cases(str(path), {**report, "cases": []}, parser) == [{"model": "nfnet_f0"}]
+    with pytest.raises(SystemExit):
+        run._previous_cases(str(path), {**report, "rounds": 3}, parser)
+    with pytest.raises(SystemExit):
+        run._previous_cases(str(tmp_path / "missing.json"), report, parser)
 
 
 def test_cpu_header_reads_vector_extensions(monkeypatch):
