@@ -57,6 +57,13 @@ VERIFY_TOLERANCE = 1e-4
 
 # Image dtypes callers commonly pass by mistake; `__call__` names them.
 _WRONG_DTYPES = (tf.uint8, tf.int32, tf.float16, tf.float64)
+# The values that [0, 1] images can take after one bicubic resize, which
+# overshoots: Keys' cubic kernel with a = -0.5 (tf.image.resize's and PIL's
+# bicubic) has, per axis at half-pixel phase, positive weights summing to
+# P = 1.125 and negative ones to -N = -0.125, so a 2-D resize stays within
+# [-2PN, P^2 + N^2] = [-0.28125, 1.28125]. Outside it, the float entries
+# warn that the input is not [0, 1] RGB.
+IMAGES_RANGE = (-0.28125, 1.28125)
 
 # --------------------------------------------------------------------------
 # Model lookup and construction.
@@ -134,6 +141,31 @@ def _checked_images(images):
         return tf.gather(images, [0, 1, 2], axis=3)
 
 
+def _warn_once_if_out_of_range(images, warned):
+    """Prints a warning to stderr, the first time only (`warned`, a bool
+    variable), when `images` leave `IMAGES_RANGE`; returns `images`."""
+    low, high = tf.reduce_min(images), tf.reduce_max(images)
+    outside = tf.logical_or(low < IMAGES_RANGE[0], high > IMAGES_RANGE[1])
+
+    def warn():
+        printed = tf.print(
+            tf.strings.format(
+                "WARNING: `images` of the SavedModel received values in [{}, {}]; expected "
+                "[0, 1]: float32 RGB scaled to [0, 1], which the model normalises itself. "
+                "Divide [0, 255] pixels by 255 (tf.image.convert_image_dtype does it for "
+                "uint8) and do not subtract the mean or divide by the std beforehand. "
+                "(Printed once per loaded model.)",
+                (low, high),
+            )
+        )
+        with tf.control_dependencies([printed]):
+            return warned.assign(True, read_value=True)
+
+    check = tf.cond(tf.logical_and(outside, tf.logical_not(warned)), warn, lambda: warned.value())
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
 class ReusableSavedModel(tf.__internal__.tracking.AutoTrackable):
     """A TF2 Reusable SavedModel around a Keras model (TF Hub's API).
 
@@ -163,12 +195,16 @@ class ReusableSavedModel(tf.__internal__.tracking.AutoTrackable):
             if model.losses
             else []
         )
+        # Whether the range warning was printed: saved with the model (not
+        # among `variables`, which are the model's), reset by each load.
+        self.images_range_warned = tf.Variable(False, trainable=False, name="images_range_warned")
         key = OUTPUT_KEYS[output]
         spec = tf.TensorSpec([None, None, None, None], tf.float32, name="images")
         bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
 
         def forward(images, training):
-            return self._model(_checked_images(images), training=training)
+            images = _warn_once_if_out_of_range(_checked_images(images), self.images_range_warned)
+            return self._model(images, training=training)
 
         self.serve = tf.function(lambda images: forward(images, False), input_signature=[spec])
         self.serve_train = tf.function(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,9 +151,17 @@ def test_tf_saved_model_load_call_and_signatures(tiny):
     assert len(loaded.variables) == len(model.variables)  # weights + seed states
     assert len(loaded.trainable_variables) == len(model.trainable_weights) > 0
     assert list(loaded.regularization_losses) == []
-    # Each variable is stored once (not also under the Keras model's wrappers).
+    # Each variable is stored once (not also under the Keras model's
+    # wrappers), plus the flag of the once-only range warning (a bool outside
+    # `variables`: not a weight of the model).
     stored = tf.train.list_variables(os.path.join(tiny.saved_model_dir, "variables", "variables"))
-    assert len([name for name, _ in stored if name.endswith("VARIABLE_VALUE")]) == len(model.variables)
+    stored = [name for name, _ in stored if name.endswith("VARIABLE_VALUE")]
+    assert len(stored) == len(model.variables) + 1
+    assert [name for name in stored if name.startswith("images_range_warned/")] == [
+        "images_range_warned/.ATTRIBUTES/VARIABLE_VALUE"
+    ]
+    assert loaded.images_range_warned.dtype == tf.bool
+    assert not any(v is loaded.images_range_warned for v in loaded.variables)
     # Built-in verification ran on every entry (the 1e-5 relative checks of
     # each entry are the `_close` calls above).
     assert set(tiny.verification) == {"__call__", "serve", "serving_default", "serving_bytes"}
@@ -327,11 +336,67 @@ def test_wrong_rank_is_named_before_other_checks(shape, message):
 
 def test_bad_bytes_name_their_index_in_the_batch(tiny):
     serve = tf.saved_model.load(tiny.saved_model_dir).signatures["serving_bytes"]
-    good = _encoded("png", seed=19)
-    for batch, index in (([b"not an image"], 0), ([good, _encoded("jpeg"), good[1:]], 2)):
+    good, jpeg = _encoded("png", seed=19), _encoded("jpeg")
+    for batch, index in (([b"not an image"], 0), ([good, jpeg, good[1:]], 2)):
         with pytest.raises(tf.errors.InvalidArgumentError) as info:
             serve(image_bytes=tf.constant(batch))
         assert f"`image_bytes[{index}]` is not a JPEG, PNG, GIF or BMP file" in str(info.value)
+    # Files that start with a valid signature but do not decode: the first
+    # 40 bytes of a JPEG, a PNG cut in the middle of its image data, a PNG
+    # whose image data is zeroed (its chunk checksum then fails).
+    png_body = good.index(b"IDAT") + 8
+    damaged = good[:png_body] + bytes(len(good) - png_body)
+    for batch, index, kind in (
+        ([good, jpeg[:40]], 1, "JPEG"),
+        ([jpeg, jpeg, good[: len(good) // 2], good], 2, "PNG"),
+        ([damaged], 0, "PNG"),
+    ):
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            serve(image_bytes=tf.constant(batch))
+        assert f"`image_bytes[{index}]` starts as a {kind} file but could not be decoded" in str(info.value)
+    # A good batch after the failures: the signature keeps serving.
+    assert serve(image_bytes=tf.constant([good, jpeg]))["logits"].shape == (2, TINY_CLASSES)
+
+
+def _printed_ranges(stderr):
+    """The (low, high) of each range warning the SavedModel printed."""
+    pattern = r"`images` of the SavedModel received values in \[(\S+), (\S+)\]; expected \[0, 1\]"
+    return [(float(low), float(high)) for low, high in re.findall(pattern, stderr)]
+
+
+def test_out_of_range_images_warn_once_and_serve_unchanged(tiny, capfd):
+    x = _images(2, TINY_SIZE, seed=30)
+    # The bytes signature's bicubic resize of black/white noise overshoots
+    # [0, 1] by nearly as much as such a resize can (`IMAGES_RANGE`): silent.
+    noise = np.random.default_rng(2).integers(0, 2, (33, 33, 1)) * np.full(3, 255)
+    png = tf.io.encode_png(tf.constant(noise.astype("uint8")))
+    overshoot = preprocessing.eval_transform(png, deepmind_eval(TINY_SIZE))[None]
+    assert overshoot.numpy().min() < -0.25 and overshoot.numpy().max() > 1.2
+    loaded = tf.saved_model.load(tiny.saved_model_dir)
+    for images in (x, overshoot, np.zeros_like(x), np.ones_like(x)):
+        loaded(tf.constant(images))
+    assert _printed_ranges(capfd.readouterr().err) == []
+    # [0, 255] pixels: one warning naming the range seen, whichever entry
+    # and however often it is called; the outputs are those of the model.
+    pixels = tf.constant(x * 255)
+    warned = loaded(pixels).numpy()
+    silent = loaded(pixels).numpy()
+    others = [loaded.serve(pixels), loaded.signatures["serving_default"](images=pixels)["logits"]]
+    loaded(pixels, training=True)  # the training entry shares the flag
+    stderr = capfd.readouterr().err
+    assert _printed_ranges(stderr) == [pytest.approx((x.min() * 255, x.max() * 255), rel=1e-5)]
+    assert "Divide [0, 255] pixels by 255" in stderr
+    # The same entry with and without printing: bit-equal. (Distinct entries
+    # are distinct graphs, equal to float32 rounding only.)
+    np.testing.assert_array_equal(silent, warned)
+    for output in [warned, *others]:
+        _close(output, tiny.keras_model(pixels, training=False).numpy())
+    # Mean/std-normalised input, to a fresh load: below the range.
+    normalised = tf.constant(nfnet_keras.preprocess_input(x * 255))
+    fresh = tf.saved_model.load(tiny.saved_model_dir)
+    fresh.serve(normalised)
+    [(low, high)] = _printed_ranges(capfd.readouterr().err)
+    assert low == pytest.approx(float(tf.reduce_min(normalised)), rel=1e-5)
 
 
 # --------------------------------------------------------------------------
@@ -432,8 +497,11 @@ SERVE_SCRIPT = """
 import sys, numpy as np, tensorflow as tf
 x = np.load(sys.argv[1])
 for path in sys.argv[2:]:
-    out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(x))
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    out = serve(images=tf.constant(x))
     np.save(path + ".served.npy", next(iter(out.values())).numpy())
+    for _ in range(2):  # [0, 255] pixels: the range warning, once
+        serve(images=tf.constant(x * 255))
 """
 
 
@@ -455,6 +523,7 @@ def test_exports_serve_with_and_without_onednn(tiny, tiny_features_folded, tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     for path, expected in exports.items():
         _close(np.load(path + ".served.npy"), expected)
+    assert len(_printed_ranges(proc.stderr)) == len(exports)
 
 
 # --------------------------------------------------------------------------
