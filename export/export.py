@@ -40,7 +40,7 @@ import tensorflow as tf
 
 import nfnet_keras
 from nfnet_keras import weights as weights_lib
-from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD
+from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD, RESIZED_PIXEL_RANGE
 from nfnet_keras.layers import Normalize
 from nfnet_keras.models import registry
 
@@ -57,13 +57,6 @@ VERIFY_TOLERANCE = 1e-4
 
 # Image dtypes callers commonly pass by mistake; `__call__` names them.
 _WRONG_DTYPES = (tf.uint8, tf.int32, tf.float16, tf.float64)
-# The values that [0, 1] images can take after one bicubic resize, which
-# overshoots: Keys' cubic kernel with a = -0.5 (tf.image.resize's and PIL's
-# bicubic) has, per axis at half-pixel phase, positive weights summing to
-# P = 1.125 and negative ones to -N = -0.125, so a 2-D resize stays within
-# [-2PN, P^2 + N^2] = [-0.28125, 1.28125]. Outside it, the float entries
-# warn that the input is not [0, 1] RGB.
-IMAGES_RANGE = (-0.28125, 1.28125)
 
 # --------------------------------------------------------------------------
 # Model lookup and construction.
@@ -143,9 +136,11 @@ def _checked_images(images):
 
 def _warn_once_if_out_of_range(images, warned):
     """Prints a warning to stderr, the first time only (`warned`, a bool
-    variable), when `images` leave `IMAGES_RANGE`; returns `images`."""
+    variable), when `images` are not [0, 1] pixels (they leave
+    `RESIZED_PIXEL_RANGE`, which allows for a bicubic resize); returns
+    `images`."""
     low, high = tf.reduce_min(images), tf.reduce_max(images)
-    outside = tf.logical_or(low < IMAGES_RANGE[0], high > IMAGES_RANGE[1])
+    outside = tf.logical_or(low < RESIZED_PIXEL_RANGE[0], high > RESIZED_PIXEL_RANGE[1])
 
     def warn():
         printed = tf.print(

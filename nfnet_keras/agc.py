@@ -30,14 +30,17 @@ deepmind-research `nfnets/optim.py` `SGD_AGC` (reference doc §7.4).
 """
 
 import contextlib
+import inspect
 import math
 import sys
 import threading
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
+from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD, RESIZED_PIXEL_RANGE
 from nfnet_keras.layers import PACKAGE
 
 # The paper's clipping factor lambda and the weight-norm floor eps
@@ -65,6 +68,12 @@ _PASS_THROUGH = (
 _MAX_RANK = 5
 
 _LOW_PRECISION = ("float16", "bfloat16")
+# The values that `preprocess_input` gives for [0, 1] pixels after a bicubic
+# resize, over the three channels: wider input is not normalised.
+_NORMALISED_RANGE = (
+    min((RESIZED_PIXEL_RANGE[0] - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
+    max((RESIZED_PIXEL_RANGE[1] - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
+)
 # Keras walks functional graphs recursively (building, saving, loading);
 # NFNet-F6/F7 are ~1,300 layers deep, past Python's default limit of 1,000.
 _RECURSION_LIMIT = 20_000
@@ -571,6 +580,8 @@ class NFModel(keras.Model):
         object.__setattr__(self, "_agc_state_obj", None)
         # A plain dict (not tracked): metadata, not state.
         object.__setattr__(self, "pretrained_cfg", dict(pretrained_cfg or {}))
+        # The `predict` call sites that warned about their input's range.
+        object.__setattr__(self, "_range_warned_sites", set())
 
     # -- configuration -----------------------------------------------------
 
@@ -649,6 +660,46 @@ class NFModel(keras.Model):
             "`nfnet_keras.NFModel(backbone.input, head(backbone.output))`, or use "
             "`nfnet_keras.from_preset(name, num_classes=...)`.",
             stacklevel=2,
+        )
+
+    # -- inference ---------------------------------------------------------
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`; warns, once per call site, when the model
+        takes mean/std-normalised images (``include_preprocessing=False``)
+        and `x`, an array or tensor, holds values no normalised image has,
+        such as [0, 255] pixels. The check reads `x` once, before batching."""
+        self._check_normalised(x, inspect.currentframe().f_back)
+        return super().predict(x, *args, **kwargs)
+
+    def _takes_normalised_images(self):
+        """Whether the single input feeds the stem convolution directly."""
+        if len(self.inputs) != 1 or len(self.layers) < 2:
+            return False
+        first = self.layers[1]
+        return isinstance(first, keras.layers.Conv2D) and first.input is self.inputs[0]
+
+    def _check_normalised(self, x, caller):
+        site = (caller.f_code.co_filename, caller.f_lineno)
+        if (
+            site in self._range_warned_sites
+            or not (isinstance(x, np.ndarray) or ops.is_tensor(x))
+            or 0 in x.shape
+            or not self._takes_normalised_images()
+        ):
+            return
+        low, high = float(ops.min(x)), float(ops.max(x))
+        if _NORMALISED_RANGE[0] <= low and high <= _NORMALISED_RANGE[1]:
+            return
+        self._range_warned_sites.add(site)
+        warnings.warn(
+            f"NFModel '{self.name}' takes mean/std-normalised images (it was built with "
+            f"include_preprocessing=False; normalised pixels lie within "
+            f"[{_NORMALISED_RANGE[0]:.2f}, {_NORMALISED_RANGE[1]:.2f}]), but `predict` "
+            f"received values in [{low:.4g}, {high:.4g}], outside it ([0, 255] pixels are). Pass "
+            "nfnet_keras.preprocess_input(x), or build the model with "
+            "include_preprocessing=True.",
+            stacklevel=3,  # the caller of `predict`
         )
 
     # -- compile -----------------------------------------------------------

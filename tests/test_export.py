@@ -367,7 +367,7 @@ def _printed_ranges(stderr):
 def test_out_of_range_images_warn_once_and_serve_unchanged(tiny, capfd):
     x = _images(2, TINY_SIZE, seed=30)
     # The bytes signature's bicubic resize of black/white noise overshoots
-    # [0, 1] by nearly as much as such a resize can (`IMAGES_RANGE`): silent.
+    # [0, 1] by nearly as much as such a resize can (`RESIZED_PIXEL_RANGE`): silent.
     noise = np.random.default_rng(2).integers(0, 2, (33, 33, 1)) * np.full(3, 255)
     png = tf.io.encode_png(tf.constant(noise.astype("uint8")))
     overshoot = preprocessing.eval_transform(png, deepmind_eval(TINY_SIZE))[None]
