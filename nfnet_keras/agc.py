@@ -662,6 +662,28 @@ class NFModel(keras.Model):
             stacklevel=2,
         )
 
+    # -- saving ------------------------------------------------------------
+
+    def save(self, filepath, *args, **kwargs):
+        """`keras.Model.save`. A legacy `.h5` file of a compiled model is
+        refused unless ``include_optimizer=False``: Keras 3 does not restore
+        the optimizer state from `.h5` (it builds the optimizer over no
+        variables, then fails to set the saved state), and Keras 3.15's
+        `.h5` writer also drops the optimizer from the model's compile
+        configuration (keras-team/keras#23475)."""
+        if (
+            str(filepath).endswith((".h5", ".hdf5"))
+            and not str(filepath).endswith(".weights.h5")
+            and self.compiled
+            and kwargs.get("include_optimizer", True)
+        ):
+            raise ValueError(
+                f"A legacy `.h5` file cannot keep the optimizer state of the compiled model "
+                f"'{self.name}'. Save it as `.keras` (all state), or pass "
+                f"`include_optimizer=False` to save the model alone. Received: filepath={filepath!r}"
+            )
+        return super().save(filepath, *args, **kwargs)
+
     # -- inference ---------------------------------------------------------
 
     def predict(self, x, *args, **kwargs):
@@ -784,6 +806,13 @@ class NFModel(keras.Model):
             state.update_metrics(self, finite)
             logs.update({m.name: m.result() for m in state.metrics})
         return logs
+
+
+# Legacy `.h5` files name the model class by its bare `__name__` (Keras's
+# `legacy/saving/saving_utils.model_metadata`), not by the registered
+# "nfnet_keras>NFModel" that the layers inside carry: register that name too,
+# so that `keras.models.load_model("m.h5")` needs no `custom_objects`.
+keras.saving.get_custom_objects().setdefault(NFModel.__name__, NFModel)
 
 
 def _finite_on_all_replicas(gradients):
