@@ -16,12 +16,14 @@ SavedModel (callable ``obj(images, training=False)``, ``variables``,
 
 * signature ``serving_default``: input ``images`` float32
   ``[batch, height, width, 3]`` (height, width >= 32); output ``logits`` or
-  ``feature_vector``.
+  ``feature_vector``. Values outside `RESIZED_PIXEL_RANGE` print a warning
+  to stderr, once per loaded model (a flag variable of the SavedModel).
 * signature ``serving_bytes``: input ``image_bytes`` string ``[batch]``
   (JPEG/PNG/GIF/BMP files; the ``_bytes`` suffix lets TF Serving's REST API
   take base64); applies the architecture's evaluation transform
   (`nfnet_keras.weights.eval_transform`: DeepMind's resize_crop_32, or
-  timm's crop_pct) at the export resolution; same output.
+  timm's crop_pct) at the export resolution; same output. An entry that
+  does not decode fails the call with its batch index.
 * functions ``serve`` / ``serve_train`` (images -> tensor, inference and
   training mode) for ``keras.layers.TFSMLayer``.
 """

@@ -568,7 +568,8 @@ def test_bundle_tarball_card_and_kaggle_metadata(tiny):
                    "## Overview", "## Inputs and outputs", "## Usage", "TFSMLayer",
                    "hub.KerasLayer", "hub.load", "## Fine-tuning", "## Training data",
                    "## Metrics", "## License", "## Citation", "brock2021high",
-                   "serving_bytes", "[batch, 10]"):
+                   "serving_bytes", "[batch, 10]", "Values outside\n[-0.28125, 1.28125]",
+                   "naming its index"):
         assert needle in card, needle
     for path in tiny.kaggle_metadata:
         with open(path) as f:
