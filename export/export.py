@@ -155,10 +155,10 @@ def _warn_once_if_out_of_range(images, warned):
                 (low, high),
             )
         )
-        with tf.control_dependencies([printed]):
-            return warned.assign(True, read_value=True)
+        with tf.control_dependencies([printed, warned.assign(True)]):
+            return tf.constant(True)
 
-    check = tf.cond(tf.logical_and(outside, tf.logical_not(warned)), warn, lambda: warned.value())
+    check = tf.cond(tf.logical_and(outside, tf.logical_not(warned)), warn, lambda: tf.constant(False))
     with tf.control_dependencies([check]):
         return tf.identity(images)
 

@@ -45,18 +45,18 @@ def _signatures(image_bytes):
 
 
 def _undecodable_message(index, image_bytes):
-    """The error of batch entry `index`, which failed to decode."""
+    """The error of batch entry `index`, `image_bytes`, which did not decode."""
     matches = _signatures(image_bytes)
-    return tf.cond(
+    return tf.where(
         tf.reduce_any(matches),
-        lambda: tf.strings.join(
+        tf.strings.join(
             [
                 tf.strings.format("`image_bytes[{}]` starts as a ", index),
                 tf.gather(tf.constant(_FORMATS), tf.argmax(tf.cast(matches, tf.int32))),
                 " file but could not be decoded (truncated or corrupt)",
             ]
         ),
-        lambda: tf.strings.format("`image_bytes[{}]` is not a JPEG, PNG, GIF or BMP file", index),
+        tf.strings.format("`image_bytes[{}]` is not a JPEG, PNG, GIF or BMP file", index),
     )
 
 
@@ -84,13 +84,10 @@ def eval_transform_batch(image_bytes, transform):
     decoded, images = (
         pipeline.concatenate(tf.data.Dataset.from_tensors(nothing)).take(1).get_single_element()
     )
-    ok = tf.scatter_nd(decoded[:, None], tf.ones_like(decoded, tf.bool), [size])
-    # The first entry that did not decode (0 when all did; unused then).
-    first = tf.argmin(tf.concat([tf.cast(ok, tf.int32), [0]], 0), output_type=tf.int32)
-    check = tf.debugging.Assert(
-        tf.reduce_all(ok),
-        [tf.cond(tf.reduce_all(ok), lambda: tf.constant(""),
-                 lambda: _undecodable_message(first, tf.gather(image_bytes, first)))],
-    )
+    # The first entry that did not decode, or `size` when all did.
+    decoded_mask = tf.scatter_nd(decoded[:, None], tf.ones_like(decoded), [size])
+    first = tf.argmin(tf.concat([decoded_mask, [0]], 0), output_type=tf.int32)
+    entry = tf.gather(tf.concat([image_bytes, [""]], 0), first)
+    check = tf.debugging.Assert(tf.equal(first, size), [_undecodable_message(first, entry)])
     with tf.control_dependencies([check]):
         return tf.identity(images)
