@@ -717,9 +717,9 @@ class NFModel(keras.Model):
         warnings.warn(
             f"NFModel '{self.name}' takes mean/std-normalised images (it was built with "
             f"include_preprocessing=False; normalised pixels lie within "
-            f"[{_NORMALISED_RANGE[0]:.2f}, {_NORMALISED_RANGE[1]:.2f}]), but `predict` "
-            f"received values in [{low:.4g}, {high:.4g}], outside it ([0, 255] pixels are). Pass "
-            "nfnet_keras.preprocess_input(x), or build the model with "
+            f"[{_NORMALISED_RANGE[0]:.2f}, {_NORMALISED_RANGE[1]:.2f}]), but the `x` given to "
+            f"`predict` holds values in [{low:.4g}, {high:.4g}], outside it ([0, 255] pixels "
+            "are). Pass nfnet_keras.preprocess_input(x), or build the model with "
             "include_preprocessing=True.",
             stacklevel=3,  # the caller of `predict`
         )

@@ -49,7 +49,9 @@ def test_pixels_to_a_model_without_preprocessing_warn_once_per_call_site(models)
     assert all(w.filename == __file__ for w in found)  # they point at the caller's line
     messages = [str(w.message) for w in found]
     low, high = float(pixels.min()), float(pixels.max())
-    assert f"`predict` received values in [{low:.4g}, {high:.4g}]" in messages[0]
+    assert f"the `x` given to `predict` holds values in [{low:.4g}, {high:.4g}]" in messages[0]
+    # (-0.28125 - 0.485) / 0.229 and (1.28125 - 0.406) / 0.225: red and blue.
+    assert "normalised pixels lie within [-3.35, 3.89]" in messages[0]
     assert "nfnet_keras.preprocess_input(x)" in messages[0] and "include_preprocessing=True" in messages[0]
     # The check does not touch the data: bit-equal to Keras's own predict.
     np.testing.assert_array_equal(outputs[0], keras.Model.predict(plain, pixels, verbose=0))
