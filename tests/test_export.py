@@ -391,10 +391,11 @@ def test_out_of_range_images_warn_once_and_serve_unchanged(tiny, capfd):
     np.testing.assert_array_equal(silent, warned)
     for output in [warned, *others]:
         _close(output, tiny.keras_model(pixels, training=False).numpy())
-    # Mean/std-normalised input, to a fresh load: below the range.
+    # Mean/std-normalised input, the flag reset (as a new load does): below
+    # the range.
+    loaded.images_range_warned.assign(False)
     normalised = tf.constant(nfnet_keras.preprocess_input(x * 255))
-    fresh = tf.saved_model.load(tiny.saved_model_dir)
-    fresh.serve(normalised)
+    loaded.serve(normalised)
     [(low, high)] = _printed_ranges(capfd.readouterr().err)
     assert low == pytest.approx(float(tf.reduce_min(normalised)), rel=1e-5)
 
@@ -496,12 +497,22 @@ def test_folded_feature_vector_export(tiny_features_folded, tiny):
 SERVE_SCRIPT = """
 import sys, numpy as np, tensorflow as tf
 x = np.load(sys.argv[1])
-for path in sys.argv[2:]:
+batch = [open(name, "rb").read() for name in sys.argv[2:4]]
+for path in sys.argv[4:]:
     serve = tf.saved_model.load(path).signatures["serving_default"]
     out = serve(images=tf.constant(x))
     np.save(path + ".served.npy", next(iter(out.values())).numpy())
     for _ in range(2):  # [0, 255] pixels: the range warning, once
         serve(images=tf.constant(x * 255))
+# The bytes signature of the first export in a TF1 session, as TF Serving
+# and saved_model_cli run it: a batch with a truncated JPEG.
+with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    entry = tf.compat.v1.saved_model.load(session, ["serve"], sys.argv[4]).signature_def["serving_bytes"]
+    try:
+        session.run(next(iter(entry.outputs.values())).name, {entry.inputs["image_bytes"].name: batch})
+        print("served")
+    except tf.errors.InvalidArgumentError as error:
+        print([line for line in str(error).splitlines() if "image_bytes[" in line][0])
 """
 
 
@@ -512,18 +523,22 @@ def test_exports_serve_with_and_without_onednn(tiny, tiny_features_folded, tmp_p
     # CPU kernel that has no grouped form. Both exports must serve either way.
     x = _images(2, TINY_SIZE, seed=18)
     np.save(tmp_path / "x.npy", x)
+    (tmp_path / "good.png").write_bytes(_encoded("png", seed=20))
+    (tmp_path / "cut.jpg").write_bytes(_encoded("jpeg", seed=21)[:40])
     exports = {}
     for result in (tiny, tiny_features_folded):
         path = str(tmp_path / os.path.basename(os.path.dirname(result.saved_model_dir)))
         shutil.copytree(result.saved_model_dir, path)
         exports[path] = result.keras_model(x).numpy()
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, str(tmp_path / "x.npy"), *exports],
+    files = [str(tmp_path / name) for name in ("x.npy", "good.png", "cut.jpg")]
+    proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, *files, *exports],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for path, expected in exports.items():
         _close(np.load(path + ".served.npy"), expected)
     assert len(_printed_ranges(proc.stderr)) == len(exports)
+    assert "`image_bytes[1]` starts as a JPEG file but could not be decoded" in proc.stdout
 
 
 # --------------------------------------------------------------------------
