@@ -17,7 +17,9 @@ SavedModel (callable ``obj(images, training=False)``, ``variables``,
 * signature ``serving_default``: input ``images`` float32
   ``[batch, height, width, 3]`` (height, width >= 32); output ``logits`` or
   ``feature_vector``. Values outside `RESIZED_PIXEL_RANGE` print a warning
-  to stderr, once per loaded model (a flag variable of the SavedModel).
+  to stderr, once per loaded model (a flag variable of the SavedModel). The
+  functions below do not check: Keras and TF Hub layers compose them into
+  graphs that they may compile with XLA, which cannot print.
 * signature ``serving_bytes``: input ``image_bytes`` string ``[batch]``
   (JPEG/PNG/GIF/BMP files; the ``_bytes`` suffix lets TF Serving's REST API
   take base64); applies the architecture's evaluation transform
@@ -147,8 +149,9 @@ def _warn_once_if_out_of_range(images, warned):
     def warn():
         printed = tf.print(
             tf.strings.format(
-                "WARNING: `images` of the SavedModel received values in [{}, {}]; expected "
-                "[0, 1]: float32 RGB scaled to [0, 1], which the model normalises itself. "
+                "WARNING: the SavedModel's serving_default received `images` with values in "
+                "[{}, {}]; expected [0, 1]: float32 RGB scaled to [0, 1], which the model "
+                "normalises itself. "
                 "Divide [0, 255] pixels by 255 (tf.image.convert_image_dtype does it for "
                 "uint8) and do not subtract the mean or divide by the std beforehand. "
                 "(Printed once per loaded model.)",
@@ -192,23 +195,26 @@ class ReusableSavedModel(tf.__internal__.tracking.AutoTrackable):
             if model.losses
             else []
         )
-        # Whether the range warning was printed: saved with the model (not
-        # among `variables`, which are the model's), reset by each load.
+        # Whether `serving_default`'s range warning was printed: saved with
+        # the model (not among `variables`, which are the model's), reset by
+        # each load.
         self.images_range_warned = tf.Variable(False, trainable=False, name="images_range_warned")
         key = OUTPUT_KEYS[output]
         spec = tf.TensorSpec([None, None, None, None], tf.float32, name="images")
         bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
 
         def forward(images, training):
-            images = _warn_once_if_out_of_range(_checked_images(images), self.images_range_warned)
-            return self._model(images, training=training)
+            return self._model(_checked_images(images), training=training)
 
         self.serve = tf.function(lambda images: forward(images, False), input_signature=[spec])
         self.serve_train = tf.function(
             lambda images: forward(images, True), input_signature=[spec]
         )
         self.serving_default = tf.function(
-            lambda images: {key: self.serve(images)}, input_signature=[spec]
+            lambda images: {
+                key: self.serve(_warn_once_if_out_of_range(images, self.images_range_warned))
+            },
+            input_signature=[spec],
         )
 
         def serving_bytes(image_bytes):

@@ -360,7 +360,7 @@ def test_bad_bytes_name_their_index_in_the_batch(tiny):
 
 def _printed_ranges(stderr):
     """The (low, high) of each range warning the SavedModel printed."""
-    pattern = r"`images` of the SavedModel received values in \[(\S+), (\S+)\]; expected \[0, 1\]"
+    pattern = r"serving_default received `images` with values in \[(\S+), (\S+)\]; expected \[0, 1\]"
     return [(float(low), float(high)) for low, high in re.findall(pattern, stderr)]
 
 
@@ -373,31 +373,34 @@ def test_out_of_range_images_warn_once_and_serve_unchanged(tiny, capfd):
     overshoot = preprocessing.eval_transform(png, deepmind_eval(TINY_SIZE))[None]
     assert overshoot.numpy().min() < -0.25 and overshoot.numpy().max() > 1.2
     loaded = tf.saved_model.load(tiny.saved_model_dir)
+    serve = loaded.signatures["serving_default"]
     for images in (x, overshoot, np.zeros_like(x), np.ones_like(x)):
-        loaded(tf.constant(images))
+        serve(images=tf.constant(images))
     assert _printed_ranges(capfd.readouterr().err) == []
-    # [0, 255] pixels: one warning naming the range seen, whichever entry
-    # and however often it is called; the outputs are those of the model.
+    # [0, 255] pixels: one warning naming the range seen, however often the
+    # signature is called; the outputs are those of the model.
     pixels = tf.constant(x * 255)
-    warned = loaded(pixels).numpy()
-    silent = loaded(pixels).numpy()
-    others = [loaded.serve(pixels), loaded.signatures["serving_default"](images=pixels)["logits"]]
-    loaded(pixels, training=True)  # the training entry shares the flag
+    warned = serve(images=pixels)["logits"].numpy()
+    silent = serve(images=pixels)["logits"].numpy()
     stderr = capfd.readouterr().err
     assert _printed_ranges(stderr) == [pytest.approx((x.min() * 255, x.max() * 255), rel=1e-5)]
     assert "Divide [0, 255] pixels by 255" in stderr
-    # The same entry with and without printing: bit-equal. (Distinct entries
-    # are distinct graphs, equal to float32 rounding only.)
-    np.testing.assert_array_equal(silent, warned)
-    for output in [warned, *others]:
-        _close(output, tiny.keras_model(pixels, training=False).numpy())
+    np.testing.assert_array_equal(silent, warned)  # printing or not, bit-equal
+    _close(warned, tiny.keras_model(pixels, training=False).numpy())
     # Mean/std-normalised input, the flag reset (as a new load does): below
     # the range.
     loaded.images_range_warned.assign(False)
     normalised = tf.constant(nfnet_keras.preprocess_input(x * 255))
-    loaded.serve(normalised)
+    serve(images=normalised)
     [(low, high)] = _printed_ranges(capfd.readouterr().err)
     assert low == pytest.approx(float(tf.reduce_min(normalised)), rel=1e-5)
+    # The functions that layers compose into their graphs (`serve`,
+    # `serve_train`, `__call__`) do not check, so that XLA, which cannot
+    # print, compiles them: `fit(jit_compile=True)` over a TFSMLayer.
+    loaded.images_range_warned.assign(False)
+    assert tf.function(loaded.serve_train, jit_compile=True)(pixels).shape == (2, TINY_CLASSES)
+    loaded(pixels)
+    assert _printed_ranges(capfd.readouterr().err) == []
 
 
 # --------------------------------------------------------------------------
@@ -583,7 +586,7 @@ def test_bundle_tarball_card_and_kaggle_metadata(tiny):
                    "## Overview", "## Inputs and outputs", "## Usage", "TFSMLayer",
                    "hub.KerasLayer", "hub.load", "## Fine-tuning", "## Training data",
                    "## Metrics", "## License", "## Citation", "brock2021high",
-                   "serving_bytes", "[batch, 10]", "Values outside\n[-0.28125, 1.28125]",
+                   "serving_bytes", "[batch, 10]", "values outside\n[-0.28125, 1.28125]",
                    "naming its index"):
         assert needle in card, needle
     for path in tiny.kaggle_metadata:
