@@ -38,18 +38,24 @@ def test_pixels_to_a_model_without_preprocessing_warn_once_per_call_site(models)
         plain.predict(normalised, verbose=0)
         with_preprocessing.predict(pixels, verbose=0)
         # The extremes of normalised [0, 1] pixels (the black and white
-        # images of each channel): silent.
+        # images of each channel), and Gaussian test input: silent.
         plain.predict(nfnet_keras.preprocess_input(np.zeros_like(pixels)), verbose=0)
         plain.predict(nfnet_keras.preprocess_input(np.full_like(pixels, 255)), verbose=0)
+        gaussian = np.random.default_rng(1).standard_normal((64, SIZE, SIZE, 3)).astype("float32")
+        assert gaussian.min() < -4 and gaussian.max() > 4  # beyond normalised images
+        plain.predict(gaussian, verbose=0)
+        # The threshold is twice the top of the normalised range,
+        # 2 * (1.28125 - 0.406) / 0.225 = 7.78 (blue): a flat 7.7 is below.
+        plain.predict(np.full_like(pixels, 7.7), verbose=0)
         assert _range_warnings(caught) == []
         outputs = [plain.predict(pixels * scale, verbose=0) for scale in (1.0, 0.5, 1.0)]  # one site
-        plain.predict(pixels, verbose=0)  # a second site
+        plain.predict(np.full_like(pixels, 7.9), verbose=0)  # above it, a second site
     found = _range_warnings(caught)
     assert len(found) == 2
     assert all(w.filename == __file__ for w in found)  # they point at the caller's line
     messages = [str(w.message) for w in found]
-    low, high = float(pixels.min()), float(pixels.max())
-    assert f"the `x` given to `predict` holds values in [{low:.4g}, {high:.4g}]" in messages[0]
+    assert f"the `x` given to `predict` holds values up to {pixels.max():.4g}, as [0, 255] pixels do" in messages[0]
+    assert "holds values up to 7.9," in messages[1]
     # (-0.28125 - 0.485) / 0.229 and (1.28125 - 0.406) / 0.225: red and blue.
     assert "normalised pixels lie within [-3.35, 3.89]" in messages[0]
     assert "nfnet_keras.preprocess_input(x)" in messages[0] and "include_preprocessing=True" in messages[0]
