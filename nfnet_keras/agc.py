@@ -74,8 +74,8 @@ _NORMALISED_RANGE = (
     min((RESIZED_PIXEL_RANGE[0] - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
     max((RESIZED_PIXEL_RANGE[1] - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
 )
-# `NFModel.predict` takes input that reaches twice the top of that range for
-# [0, 255] pixels: they reach it unless the whole image is darker than
+# `NFModel.predict` reads input above twice the top of that range (7.78) as
+# [0, 255] pixels: they exceed it unless the whole image is darker than
 # 8 / 255, while normalised images, even contrast-stretched, and Gaussian
 # test input (P(z > 7.78) < 1e-14) stay below it.
 _PIXELS_THRESHOLD = 2 * _NORMALISED_RANGE[1]
