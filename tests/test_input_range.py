@@ -41,7 +41,7 @@ def test_pixels_to_a_model_without_preprocessing_warn_once_per_call_site(models)
         # images of each channel), and Gaussian test input: silent.
         plain.predict(nfnet_keras.preprocess_input(np.zeros_like(pixels)), verbose=0)
         plain.predict(nfnet_keras.preprocess_input(np.full_like(pixels, 255)), verbose=0)
-        gaussian = np.random.default_rng(1).standard_normal((64, SIZE, SIZE, 3)).astype("float32")
+        gaussian = np.random.default_rng(23).standard_normal(pixels.shape).astype("float32")
         assert gaussian.min() < -4 and gaussian.max() > 4  # beyond normalised images
         plain.predict(gaussian, verbose=0)
         # The threshold is twice the top of the normalised range,
