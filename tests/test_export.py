@@ -548,6 +548,7 @@ def test_exports_serve_with_and_without_onednn(tiny, tiny_features_folded, tmp_p
 # F0 structure.
 
 
+@pytest.mark.slow  # the real 71M-parameter graph; every path runs on tiny models by default
 def test_f0_export_round_trip_and_folding(f0):
     model, saved_model_dir = f0
     assert model.count_params() == 71_489_284  # reference doc §2
