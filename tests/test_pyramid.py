@@ -94,7 +94,7 @@ def test_pyramid_outputs_survive_keras_reload(tmp_path):
     assert shapes == [tuple(t.shape) for t in model.pyramid_outputs.values()]
     assert [s[1:3] for s in shapes] == [(32, 24), (16, 12), (8, 6), (4, 3), (2, 2)]
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 48, 3)).astype("float32")
-    expected = keras.Model(model.inputs, model.pyramid_outputs)(images)
-    got = keras.Model(loaded.inputs, loaded.pyramid_outputs)(images)
+    expected = keras.Model(model.input, model.pyramid_outputs)(images)
+    got = keras.Model(loaded.input, loaded.pyramid_outputs)(images)
     for key in expected:
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(got[key]), keras.ops.convert_to_numpy(expected[key]))
