@@ -6,7 +6,8 @@ that layer's internals are recomputed, while every layer's output is still
 kept as the next layer's input. Memory scales with the stored tensors, so
 an NF network saves little that way. Here the unit is the NF block: the
 training forward pass keeps only each block's input, and the backward pass
-recomputes the block (timm's `checkpoint_seq`, one segment per block).
+recomputes the block (timm 1.0.31's `NormFreeNet.set_grad_checkpointing`
+recomputes whole stages, `checkpoint_seq(self.stages, x)`).
 
 The functional graph, its layers, weights and names are unchanged: each
 block is run as a `keras.Model` over the same layers, from its input
