@@ -197,3 +197,5 @@ def test_constructors_show_one_explicit_signature():
         parameters = inspect.signature(constructor).parameters
         assert [(p.name, p.default) for p in parameters.values()] == expected
         assert "remat: `True` turns on gradient checkpointing" in constructor.__doc__
+    with pytest.raises(TypeError, match=r"^NFNetF0\(\): got an unexpected keyword argument 'remats'"):
+        nfnet_keras.NFNetF0(remats=True)

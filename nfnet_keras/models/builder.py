@@ -750,13 +750,17 @@ def make_constructor(arch, pretrained_sources=()):
     """The keras.applications-style constructor of one row: `build` with the
     row bound, showing `build`'s keyword arguments as its signature."""
 
-    def constructor(*args, **kwargs):
-        return build(arch, *args, **kwargs)
-
     signature = inspect.signature(build)
-    constructor.__signature__ = signature.replace(
-        parameters=list(signature.parameters.values())[1:]
-    )
+    signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+
+    def constructor(*args, **kwargs):
+        try:
+            arguments = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{arch.constructor}(): {error}") from None
+        return build(arch, *arguments.args, **arguments.kwargs)
+
+    constructor.__signature__ = signature
     constructor.__name__ = constructor.__qualname__ = arch.constructor
     constructor.__doc__ = docstring(arch, pretrained_sources)
     constructor.architecture = arch
