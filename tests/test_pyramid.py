@@ -20,7 +20,7 @@ from nfnet_keras.models import builder, get_architecture
 def test_pyramid_strides_and_widths_at_256(name, include_top):
     # F0's default input is 256 px; the others are built at 256 px without the top.
     row = get_architecture(name)
-    with keras.StatelessScope():  # shapes only: no weights are initialised
+    with keras.StatelessScope(initialize_variables=False):  # shapes only: no weights
         model = nfnet_keras.get_model(
             name, weights=None, include_top=include_top, input_shape=None if include_top else (256, 256, 3)
         )
