@@ -53,6 +53,16 @@ def _check_stages(depths, widths):
         )
 
 
+def _blocks(depths, widths):
+    """Yields, block by block, the layer-name prefix, the 3x3 conv's stride,
+    the block's output and bottleneck widths, and whether the block is the
+    first of its stage (the one with the projection shortcut)."""
+    for stage, (depth, width) in enumerate(zip(depths, widths)):
+        for block in range(depth):
+            stride = STRIDES[stage] if block == 0 else 1
+            yield f"stage{stage}_block{block}_", stride, width, int(width * BOTTLENECK), block == 0
+
+
 def _application(body):
     """A keras.applications constructor from a network body.
 
@@ -151,20 +161,16 @@ def BNResNetV2(
 
     x = conv(inputs, stem_width, 7, "stem_conv", strides=2)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, (depth, width) in enumerate(zip(depths, widths)):
-        mid = int(width * BOTTLENECK)
-        for block in range(depth):
-            prefix = f"stage{stage}_block{block}_"
-            stride = STRIDES[stage] if block == 0 else 1
-            h = norm_act(x, prefix + "preact")
-            if block == 0:
-                shortcut = conv(h, width, 1, prefix + "shortcut_conv", strides=stride)
-            else:
-                shortcut = x
-            r = conv(h, mid, 1, prefix + "conv0")
-            r = conv(norm_act(r, prefix + "act0"), mid, 3, prefix + "conv1", strides=stride)
-            r = conv(norm_act(r, prefix + "act1"), width, 1, prefix + "conv2")
-            x = layers.Add(name=prefix + "add")([r, shortcut])
+    for prefix, stride, width, mid, first in _blocks(depths, widths):
+        h = norm_act(x, prefix + "preact")
+        if first:
+            shortcut = conv(h, width, 1, prefix + "shortcut_conv", strides=stride)
+        else:
+            shortcut = x
+        r = conv(h, mid, 1, prefix + "conv0")
+        r = conv(norm_act(r, prefix + "act0"), mid, 3, prefix + "conv1", strides=stride)
+        r = conv(norm_act(r, prefix + "act1"), width, 1, prefix + "conv2")
+        x = layers.Add(name=prefix + "add")([r, shortcut])
     x = norm_act(x, "final")
     return x, "glorot_uniform", f"bn_resnet_v2_{order}"
 
@@ -227,21 +233,17 @@ def ResNetV1(
     x = conv(inputs, stem_width, 7, "stem_conv", strides=2)
     x = norm_act(x, "stem")
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, (depth, width) in enumerate(zip(depths, widths)):
-        mid = int(width * BOTTLENECK)
-        for block in range(depth):
-            prefix = f"stage{stage}_block{block}_"
-            stride = STRIDES[stage] if block == 0 else 1
-            if block == 0:
-                shortcut = conv(x, width, 1, prefix + "shortcut_conv", strides=stride)
-                shortcut = norm_act(shortcut, prefix + "shortcut", act=False)
-            else:
-                shortcut = x
-            r = norm_act(conv(x, mid, 1, prefix + "conv0"), prefix + "norm0")
-            r = norm_act(conv(r, mid, 3, prefix + "conv1", strides=stride), prefix + "norm1")
-            r = norm_act(conv(r, width, 1, prefix + "conv2"), prefix + "norm2", act=False, zero_init=True)
-            x = layers.Add(name=prefix + "add")([r, shortcut])
-            x = layers.ReLU(name=prefix + "out")(x)
+    for prefix, stride, width, mid, first in _blocks(depths, widths):
+        if first:
+            shortcut = conv(x, width, 1, prefix + "shortcut_conv", strides=stride)
+            shortcut = norm_act(shortcut, prefix + "shortcut", act=False)
+        else:
+            shortcut = x
+        r = norm_act(conv(x, mid, 1, prefix + "conv0"), prefix + "norm0")
+        r = norm_act(conv(r, mid, 3, prefix + "conv1", strides=stride), prefix + "norm1")
+        r = norm_act(conv(r, width, 1, prefix + "conv2"), prefix + "norm2", act=False, zero_init=True)
+        x = layers.Add(name=prefix + "add")([r, shortcut])
+        x = layers.ReLU(name=prefix + "out")(x)
     head_init = "zeros" if norm == "gn_ws" else keras.initializers.RandomNormal(stddev=0.01)
     return x, head_init, f"{norm}_resnet"
 
