@@ -58,12 +58,12 @@ def count_params():
 
 
 def tiny_nfnet(**kwargs):
-    """The tiny NFNet row, offline: no weights, no preprocessing, 32 px."""
+    """The tiny NFNet row, offline by default: no weights, no preprocessing,
+    32 px; keyword arguments are the constructor's."""
     import nfnet_keras
 
-    return nfnet_keras.NFNet(
-        "tiny", input_shape=(32, 32, 3), **{"weights": None, "include_preprocessing": False, **kwargs}
-    )
+    defaults = {"input_shape": (32, 32, 3), "weights": None, "include_preprocessing": False}
+    return nfnet_keras.NFNet("tiny", **{**defaults, **kwargs})
 
 
 def assert_holds(model, tree):

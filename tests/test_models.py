@@ -1,5 +1,6 @@
 """Model families: parameter counts, keras.applications contract, modes, saving."""
 
+import functools
 import os
 import sys
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import nfnet_keras
-from conftest import randomize
+from conftest import randomize, tiny_nfnet
 from nfnet_keras.models import get_architecture
 
 # deepmind-research README / reference doc §2 (derived from the code's shapes).
@@ -21,12 +22,7 @@ PUBLISHED_NFNET_PARAMS = {
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-def tiny(**kwargs):
-    kwargs.setdefault("input_shape", (32, 32, 3))
-    kwargs.setdefault("classes", 10)
-    kwargs.setdefault("weights", None)
-    kwargs.setdefault("include_preprocessing", False)
-    return nfnet_keras.NFNet("tiny", **kwargs)
+tiny = functools.partial(tiny_nfnet, classes=10)
 
 
 # --- Parameter counts -------------------------------------------------------
