@@ -32,12 +32,9 @@ def test_timm_checkpoint_refused_by_a_deepmind_architecture(tmp_path):
 
 
 def test_timm_nf_regnet_file_loads_into_the_timm_architecture(tmp_path):
-    from _timm import timm, torch
+    from _timm import randomize_timm, timm, torch
 
-    reference = timm.create_model("nf_regnet_b0").eval()
-    with torch.no_grad():
-        for p in reference.parameters():  # non-trivial values everywhere
-            p.add_(torch.rand(p.shape) * 0.5)
+    reference = randomize_timm(timm.create_model("nf_regnet_b0"))  # non-trivial values everywhere
     path = str(tmp_path / "nf_regnet_b0.pth")
     torch.save(reference.state_dict(), path)
     model = nfnet_keras.TimmNFRegNetB0(include_preprocessing=False, input_shape=(64, 64, 3), classifier_activation=None, weights=path)
