@@ -1,6 +1,7 @@
 """The normalised ResNet baselines (`nfnet_keras.baselines`): parameter
 counts against timm, and which of them mix the examples of a batch."""
 
+import inspect
 import os
 import sys
 
@@ -63,3 +64,19 @@ def test_evonorm_b0_baseline_depends_on_the_batch_in_training():
     batch = model(images, training=True).numpy()
     alone = model(images[:1], training=True).numpy()
     assert np.abs(alone[0] - batch[0]).max() > 1e-3
+
+
+def test_constructors_show_and_check_the_keras_applications_arguments():
+    application = ["include_top", "input_shape", "pooling", "classes", "classifier_activation", "name"]
+    for constructor, own in [
+        (baselines.BNResNetV2, ["depths", "order", "widths", "stem_width", "kernel_initializer"]),
+        (baselines.ResNetV1, ["norm", "depths", "widths", "stem_width", "groups"]),
+    ]:
+        assert list(inspect.signature(constructor).parameters) == own + application
+        with pytest.raises(TypeError, match=rf"{constructor.__name__}\(\) got an unexpected keyword argument 'width'"):
+            constructor(width=2, input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="`pooling` must be None, 'avg' or 'max'. Received: pooling='mean'"):
+        baselines.ResNetV1(pooling="mean")
+    model = baselines.BNResNetV2((1,), widths=(64,), stem_width=8, include_top=False, pooling="avg",
+                                 input_shape=(32, 32, 3), name="probe")
+    assert model.name == "probe" and model.output.shape == (None, 64)
