@@ -16,12 +16,16 @@ SavedModel (callable ``obj(images, training=False)``, ``variables``,
 
 * signature ``serving_default``: input ``images`` float32
   ``[batch, height, width, 3]`` (height, width >= 32); output ``logits`` or
-  ``feature_vector``.
+  ``feature_vector``. Values outside `RESIZED_PIXEL_RANGE` print a warning
+  to stderr, once per loaded model (a flag variable of the SavedModel). The
+  functions below do not check: Keras and TF Hub layers compose them into
+  graphs that they may compile with XLA, which cannot print.
 * signature ``serving_bytes``: input ``image_bytes`` string ``[batch]``
   (JPEG/PNG/GIF/BMP files; the ``_bytes`` suffix lets TF Serving's REST API
   take base64); applies the architecture's evaluation transform
   (`nfnet_keras.weights.eval_transform`: DeepMind's resize_crop_32, or
-  timm's crop_pct) at the export resolution; same output.
+  timm's crop_pct) at the export resolution; same output. An entry that
+  does not decode fails the call with its batch index.
 * functions ``serve`` / ``serve_train`` (images -> tensor, inference and
   training mode) for ``keras.layers.TFSMLayer``.
 """
@@ -40,7 +44,7 @@ import tensorflow as tf
 
 import nfnet_keras
 from nfnet_keras import weights as weights_lib
-from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD
+from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD, RESIZED_PIXEL_RANGE
 from nfnet_keras.layers import Normalize
 from nfnet_keras.models import registry
 
@@ -134,6 +138,34 @@ def _checked_images(images):
         return tf.gather(images, [0, 1, 2], axis=3)
 
 
+def _warn_once_if_out_of_range(images, warned):
+    """Prints a warning to stderr, the first time only (`warned`, a bool
+    variable), when `images` are not [0, 1] pixels (they leave
+    `RESIZED_PIXEL_RANGE`, which allows for a bicubic resize); returns
+    `images`."""
+    low, high = tf.reduce_min(images), tf.reduce_max(images)
+    outside = tf.logical_or(low < RESIZED_PIXEL_RANGE[0], high > RESIZED_PIXEL_RANGE[1])
+
+    def warn():
+        printed = tf.print(
+            tf.strings.format(
+                "WARNING: the SavedModel's serving_default received `images` with values in "
+                "[{}, {}]; expected [0, 1]: float32 RGB scaled to [0, 1], which the model "
+                "normalises itself. "
+                "Divide [0, 255] pixels by 255 (tf.image.convert_image_dtype does it for "
+                "uint8) and do not subtract the mean or divide by the std beforehand. "
+                "(Printed once per loaded model.)",
+                (low, high),
+            )
+        )
+        with tf.control_dependencies([printed, warned.assign(True)]):
+            return tf.constant(True)
+
+    check = tf.cond(tf.logical_and(outside, tf.logical_not(warned)), warn, lambda: tf.constant(False))
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
 class ReusableSavedModel(tf.__internal__.tracking.AutoTrackable):
     """A TF2 Reusable SavedModel around a Keras model (TF Hub's API).
 
@@ -163,6 +195,10 @@ class ReusableSavedModel(tf.__internal__.tracking.AutoTrackable):
             if model.losses
             else []
         )
+        # Whether `serving_default`'s range warning was printed: saved with
+        # the model (not among `variables`, which are the model's), reset by
+        # each load.
+        self.images_range_warned = tf.Variable(False, trainable=False, name="images_range_warned")
         key = OUTPUT_KEYS[output]
         spec = tf.TensorSpec([None, None, None, None], tf.float32, name="images")
         bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
@@ -175,7 +211,10 @@ class ReusableSavedModel(tf.__internal__.tracking.AutoTrackable):
             lambda images: forward(images, True), input_signature=[spec]
         )
         self.serving_default = tf.function(
-            lambda images: {key: self.serve(images)}, input_signature=[spec]
+            lambda images: {
+                key: self.serve(_warn_once_if_out_of_range(images, self.images_range_warned))
+            },
+            input_signature=[spec],
         )
 
         def serving_bytes(image_bytes):

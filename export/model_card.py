@@ -4,6 +4,7 @@ import dataclasses
 import os
 import string
 
+from nfnet_keras.imagenet_utils import RESIZED_PIXEL_RANGE
 from nfnet_keras.models import registry
 from nfnet_keras.weights import rows as checkpoint_rows
 
@@ -150,6 +151,7 @@ def render(info):
         license_id=_LICENSE_IDS.get(info.license_name.lower(), info.license_name.lower()),
         license_name=info.license_name,
         image_size=info.image_size,
+        pixel_range="[{:g}, {:g}]".format(*RESIZED_PIXEL_RANGE),
         resize=info.transform.resize,
         resize_doc=(
             "the shorter side (aspect ratio kept)"

@@ -27,11 +27,14 @@ def eval_transform(image_bytes, transform):
     return transform(image) / 255.0
 
 
-def _is_image_file(image_bytes):
-    """Whether the bytes start as a JPEG, PNG, GIF or BMP file does (the
-    formats `tf.io.decode_image` reads, by their file signatures)."""
+# The formats `tf.io.decode_image` reads, in the order of `_signatures`.
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+
+
+def _signatures(image_bytes):
+    """For each of `_FORMATS`, whether the bytes start with its file signature."""
     head = tf.strings.substr(image_bytes, 0, 4)
-    return tf.reduce_any(
+    return tf.stack(
         [
             tf.io.is_jpeg(image_bytes),
             tf.equal(head, b"\x89PNG"),
@@ -41,23 +44,50 @@ def _is_image_file(image_bytes):
     )
 
 
+def _undecodable_message(index, image_bytes):
+    """The error of batch entry `index`, `image_bytes`, which did not decode."""
+    matches = _signatures(image_bytes)
+    return tf.where(
+        tf.reduce_any(matches),
+        tf.strings.join(
+            [
+                tf.strings.format("`image_bytes[{}]` starts as a ", index),
+                tf.gather(tf.constant(_FORMATS), tf.argmax(tf.cast(matches, tf.int32))),
+                " file but could not be decoded (truncated or corrupt)",
+            ]
+        ),
+        tf.strings.format("`image_bytes[{}]` is not a JPEG, PNG, GIF or BMP file", index),
+    )
+
+
 def eval_transform_batch(image_bytes, transform):
     """`eval_transform` over a 1-D batch of encoded images -> ``[B, S, S, 3]``.
 
-    A batch entry that is no image file fails the call with its index.
+    A batch entry that does not decode fails the call with its index: a
+    `tf.data` pipeline decodes the batch in order and drops the entries whose
+    decoding fails (`ignore_errors`; graph ops have no other way to catch an
+    error), and the first missing index is reported.
     """
-
-    def one(indexed):
-        index, encoded = indexed
-        check = tf.debugging.Assert(
-            _is_image_file(encoded),
-            [tf.strings.format("`image_bytes[{}]` is not a JPEG, PNG, GIF or BMP file", index)],
+    size = tf.size(image_bytes)
+    pipeline = (
+        tf.data.Dataset.from_tensor_slices((tf.range(size), image_bytes))
+        .map(
+            lambda index, encoded: (index, eval_transform(encoded, transform)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
-        with tf.control_dependencies([check]):
-            return eval_transform(tf.identity(encoded), transform)
-
-    return tf.map_fn(
-        one,
-        (tf.range(tf.size(image_bytes)), image_bytes),
-        fn_output_signature=tf.TensorSpec([transform.size, transform.size, 3], tf.float32),
+        .ignore_errors()
+        .batch(tf.cast(tf.maximum(size, 1), tf.int64))
     )
+    # An empty batch stands in when nothing decoded (or the input is empty).
+    nothing = (tf.zeros([0], tf.int32), tf.zeros([0, transform.size, transform.size, 3]))
+    decoded, images = (
+        pipeline.concatenate(tf.data.Dataset.from_tensors(nothing)).take(1).get_single_element()
+    )
+    # The first entry that did not decode, or `size` when all did.
+    decoded_mask = tf.scatter_nd(decoded[:, None], tf.ones_like(decoded), [size])
+    first = tf.argmin(tf.concat([decoded_mask, [0]], 0), output_type=tf.int32)
+    entry = tf.gather(tf.concat([image_bytes, [""]], 0), first)
+    check = tf.debugging.Assert(tf.equal(first, size), [_undecodable_message(first, entry)])
+    with tf.control_dependencies([check]):
+        return tf.identity(images)

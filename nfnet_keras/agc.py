@@ -30,14 +30,17 @@ deepmind-research `nfnets/optim.py` `SGD_AGC` (reference doc §7.4).
 """
 
 import contextlib
+import inspect
 import math
 import sys
 import threading
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
+from nfnet_keras.imagenet_utils import IMAGENET_MEAN, IMAGENET_STD, RESIZED_PIXEL_RANGE
 from nfnet_keras.layers import PACKAGE
 
 # The paper's clipping factor lambda and the weight-norm floor eps
@@ -65,6 +68,17 @@ _PASS_THROUGH = (
 _MAX_RANK = 5
 
 _LOW_PRECISION = ("float16", "bfloat16")
+# The values that `preprocess_input` gives for [0, 1] pixels after a bicubic
+# resize, over the three channels ([-3.35, 3.89]).
+_NORMALISED_RANGE = (
+    min((RESIZED_PIXEL_RANGE[0] - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
+    max((RESIZED_PIXEL_RANGE[1] - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
+)
+# `NFModel.predict` reads input above twice the top of that range (7.78) as
+# [0, 255] pixels: they exceed it unless the whole image is darker than
+# 8 / 255, while normalised images, even contrast-stretched, and Gaussian
+# test input (P(z > 7.78) < 1e-14) stay below it.
+_PIXELS_THRESHOLD = 2 * _NORMALISED_RANGE[1]
 # Keras walks functional graphs recursively (building, saving, loading);
 # NFNet-F6/F7 are ~1,300 layers deep, past Python's default limit of 1,000.
 _RECURSION_LIMIT = 20_000
@@ -571,6 +585,8 @@ class NFModel(keras.Model):
         object.__setattr__(self, "_agc_state_obj", None)
         # A plain dict (not tracked): metadata, not state.
         object.__setattr__(self, "pretrained_cfg", dict(pretrained_cfg or {}))
+        # The `predict` call sites that warned about their input's range.
+        object.__setattr__(self, "_range_warned_sites", set())
 
     # -- configuration -----------------------------------------------------
 
@@ -649,6 +665,68 @@ class NFModel(keras.Model):
             "`nfnet_keras.NFModel(backbone.input, head(backbone.output))`, or use "
             "`nfnet_keras.from_preset(name, num_classes=...)`.",
             stacklevel=2,
+        )
+
+    # -- saving ------------------------------------------------------------
+
+    def save(self, filepath, *args, **kwargs):
+        """`keras.Model.save`. A legacy `.h5` file of a compiled model is
+        refused unless ``include_optimizer=False``: Keras 3 does not restore
+        the optimizer state from `.h5` (it builds the optimizer over no
+        variables, then fails to set the saved state), and Keras 3.15's
+        `.h5` writer also drops the optimizer from the model's compile
+        configuration (keras-team/keras#23475)."""
+        if (
+            str(filepath).endswith((".h5", ".hdf5"))
+            and not str(filepath).endswith(".weights.h5")
+            and self.compiled
+            and kwargs.get("include_optimizer", True)
+        ):
+            raise ValueError(
+                f"A legacy `.h5` file cannot keep the optimizer state of the compiled model "
+                f"'{self.name}'. Save it as `.keras` (all state), or pass "
+                f"`include_optimizer=False` to save the model alone. Received: filepath={filepath!r}"
+            )
+        return super().save(filepath, *args, **kwargs)
+
+    # -- inference ---------------------------------------------------------
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`; warns, once per call site, when the model
+        takes mean/std-normalised images (``include_preprocessing=False``)
+        and `x`, an array or tensor, holds [0, 255] pixels instead (values
+        above `_PIXELS_THRESHOLD`). The check reads `x` once, before batching."""
+        self._check_normalised(x, inspect.currentframe().f_back)
+        return super().predict(x, *args, **kwargs)
+
+    def _takes_normalised_images(self):
+        """Whether the single input feeds the stem convolution directly."""
+        if len(self.inputs) != 1 or len(self.layers) < 2:
+            return False
+        first = self.layers[1]
+        return isinstance(first, keras.layers.Conv2D) and first.input is self.inputs[0]
+
+    def _check_normalised(self, x, caller):
+        site = (caller.f_code.co_filename, caller.f_lineno)
+        if (
+            site in self._range_warned_sites
+            or not (isinstance(x, np.ndarray) or ops.is_tensor(x))
+            or 0 in x.shape
+            or not self._takes_normalised_images()
+        ):
+            return
+        high = float(ops.max(x))
+        if high <= _PIXELS_THRESHOLD:
+            return
+        self._range_warned_sites.add(site)
+        warnings.warn(
+            f"NFModel '{self.name}' takes mean/std-normalised images (it was built with "
+            f"include_preprocessing=False; normalised pixels lie within "
+            f"[{_NORMALISED_RANGE[0]:.2f}, {_NORMALISED_RANGE[1]:.2f}]), but the `x` given to "
+            f"`predict` holds values up to {high:.4g}, as [0, 255] pixels do. Pass "
+            "nfnet_keras.preprocess_input(x), or build the model with "
+            "include_preprocessing=True.",
+            stacklevel=3,  # the caller of `predict`
         )
 
     # -- compile -----------------------------------------------------------
@@ -733,6 +811,13 @@ class NFModel(keras.Model):
             state.update_metrics(self, finite)
             logs.update({m.name: m.result() for m in state.metrics})
         return logs
+
+
+# Legacy `.h5` files name the model class by its bare `__name__` (Keras's
+# `legacy/saving/saving_utils.model_metadata`), not by the registered
+# "nfnet_keras>NFModel" that the layers inside carry: register that name too,
+# so that `keras.models.load_model("m.h5")` needs no `custom_objects`.
+keras.saving.get_custom_objects().setdefault(NFModel.__name__, NFModel)
 
 
 def _finite_on_all_replicas(gradients):

@@ -12,6 +12,14 @@ from keras import ops
 # (reference doc §3.1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The values [0, 1] pixels can take after one bicubic resize, which
+# overshoots: Keys' cubic kernel with a = -0.5 (tf.image.resize's and PIL's
+# bicubic) has, per axis at half-pixel phase, positive weights summing to
+# P = 1.125 and negative ones to -N = -0.125, so a 2-D resize stays within
+# [-2PN, P^2 + N^2] = [-0.28125, 1.28125]. Inputs outside it (mapped
+# through the normalisation when a model takes normalised images) are not
+# the pixels the model expects: the range warnings use it.
+RESIZED_PIXEL_RANGE = (-0.28125, 1.28125)
 
 _CLASS_INDEX_PATH = os.path.join(
     os.path.dirname(__file__), "data", "imagenet_class_index.json"

@@ -13,7 +13,7 @@ Modes:
   mwms INDEX      one worker of a 2-process MultiWorkerMirroredStrategy
                   (TF_CONFIG set by the caller), driving NFModel.train_step
                   from a minimal loop (Keras 3.15 `fit` does not run under
-                  this strategy, env-findings §4).
+                  this strategy, env-findings §4), on the hand-built model.
   single          the 1-device reference of the mwms run.
 """
 
@@ -202,7 +202,9 @@ def mirrored_fp16():
 def custom_loop(strategy, worker_index, num_workers):
     """NFModel.train_step driven by hand; worker i feeds its slice of the batch."""
     with strategy.scope():
-        model = build()
+        # The hand-built NF model: fast to trace; the trainer's own
+        # multi-worker test runs the tiny NFNet.
+        model = build(kind="small")
         compile_model(model)
         model.optimizer.build(model.trainable_variables)
     model.make_train_function()  # installs AGC on the optimizer

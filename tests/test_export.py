@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,9 +151,17 @@ def test_tf_saved_model_load_call_and_signatures(tiny):
     assert len(loaded.variables) == len(model.variables)  # weights + seed states
     assert len(loaded.trainable_variables) == len(model.trainable_weights) > 0
     assert list(loaded.regularization_losses) == []
-    # Each variable is stored once (not also under the Keras model's wrappers).
+    # Each variable is stored once (not also under the Keras model's
+    # wrappers), plus the flag of the once-only range warning (a bool outside
+    # `variables`: not a weight of the model).
     stored = tf.train.list_variables(os.path.join(tiny.saved_model_dir, "variables", "variables"))
-    assert len([name for name, _ in stored if name.endswith("VARIABLE_VALUE")]) == len(model.variables)
+    stored = [name for name, _ in stored if name.endswith("VARIABLE_VALUE")]
+    assert len(stored) == len(model.variables) + 1
+    assert [name for name in stored if name.startswith("images_range_warned/")] == [
+        "images_range_warned/.ATTRIBUTES/VARIABLE_VALUE"
+    ]
+    assert loaded.images_range_warned.dtype == tf.bool
+    assert not any(v is loaded.images_range_warned for v in loaded.variables)
     # Built-in verification ran on every entry (the 1e-5 relative checks of
     # each entry are the `_close` calls above).
     assert set(tiny.verification) == {"__call__", "serve", "serving_default", "serving_bytes"}
@@ -327,11 +336,71 @@ def test_wrong_rank_is_named_before_other_checks(shape, message):
 
 def test_bad_bytes_name_their_index_in_the_batch(tiny):
     serve = tf.saved_model.load(tiny.saved_model_dir).signatures["serving_bytes"]
-    good = _encoded("png", seed=19)
-    for batch, index in (([b"not an image"], 0), ([good, _encoded("jpeg"), good[1:]], 2)):
+    good, jpeg = _encoded("png", seed=19), _encoded("jpeg")
+    for batch, index in (([b"not an image"], 0), ([good, jpeg, good[1:]], 2)):
         with pytest.raises(tf.errors.InvalidArgumentError) as info:
             serve(image_bytes=tf.constant(batch))
         assert f"`image_bytes[{index}]` is not a JPEG, PNG, GIF or BMP file" in str(info.value)
+    # Files that start with a valid signature but do not decode: the first
+    # 40 bytes of a JPEG, a PNG cut in the middle of its image data, a PNG
+    # whose image data is zeroed (its chunk checksum then fails).
+    png_body = good.index(b"IDAT") + 8
+    damaged = good[:png_body] + bytes(len(good) - png_body)
+    for batch, index, kind in (
+        ([good, jpeg[:40]], 1, "JPEG"),
+        ([jpeg, jpeg, good[: len(good) // 2], good], 2, "PNG"),
+        ([damaged], 0, "PNG"),
+    ):
+        with pytest.raises(tf.errors.InvalidArgumentError) as info:
+            serve(image_bytes=tf.constant(batch))
+        assert f"`image_bytes[{index}]` starts as a {kind} file but could not be decoded" in str(info.value)
+    # A good batch after the failures: the signature keeps serving.
+    assert serve(image_bytes=tf.constant([good, jpeg]))["logits"].shape == (2, TINY_CLASSES)
+
+
+def _printed_ranges(stderr):
+    """The (low, high) of each range warning the SavedModel printed."""
+    pattern = r"serving_default received `images` with values in \[(\S+), (\S+)\]; expected \[0, 1\]"
+    return [(float(low), float(high)) for low, high in re.findall(pattern, stderr)]
+
+
+def test_out_of_range_images_warn_once_and_serve_unchanged(tiny, capfd):
+    x = _images(2, TINY_SIZE, seed=30)
+    # The bytes signature's bicubic resize of black/white noise overshoots
+    # [0, 1] by nearly as much as such a resize can (`RESIZED_PIXEL_RANGE`): silent.
+    noise = np.random.default_rng(2).integers(0, 2, (33, 33, 1)) * np.full(3, 255)
+    png = tf.io.encode_png(tf.constant(noise.astype("uint8")))
+    overshoot = preprocessing.eval_transform(png, deepmind_eval(TINY_SIZE))[None]
+    assert overshoot.numpy().min() < -0.25 and overshoot.numpy().max() > 1.2
+    loaded = tf.saved_model.load(tiny.saved_model_dir)
+    serve = loaded.signatures["serving_default"]
+    for images in (x, overshoot, np.zeros_like(x), np.ones_like(x)):
+        serve(images=tf.constant(images))
+    assert _printed_ranges(capfd.readouterr().err) == []
+    # [0, 255] pixels: one warning naming the range seen, however often the
+    # signature is called; the outputs are those of the model.
+    pixels = tf.constant(x * 255)
+    warned = serve(images=pixels)["logits"].numpy()
+    silent = serve(images=pixels)["logits"].numpy()
+    stderr = capfd.readouterr().err
+    assert _printed_ranges(stderr) == [pytest.approx((x.min() * 255, x.max() * 255), rel=1e-5)]
+    assert "Divide [0, 255] pixels by 255" in stderr
+    np.testing.assert_array_equal(silent, warned)  # printing or not, bit-equal
+    _close(warned, tiny.keras_model(pixels, training=False).numpy())
+    # Mean/std-normalised input, the flag reset (as a new load does): below
+    # the range.
+    loaded.images_range_warned.assign(False)
+    normalised = tf.constant(nfnet_keras.preprocess_input(x * 255))
+    serve(images=normalised)
+    [(low, high)] = _printed_ranges(capfd.readouterr().err)
+    assert low == pytest.approx(float(tf.reduce_min(normalised)), rel=1e-5)
+    # The functions that layers compose into their graphs (`serve`,
+    # `serve_train`, `__call__`) do not check, so that XLA, which cannot
+    # print, compiles them: `fit(jit_compile=True)` over a TFSMLayer.
+    loaded.images_range_warned.assign(False)
+    assert tf.function(loaded.serve_train, jit_compile=True)(pixels).shape == (2, TINY_CLASSES)
+    loaded(pixels)
+    assert _printed_ranges(capfd.readouterr().err) == []
 
 
 # --------------------------------------------------------------------------
@@ -431,9 +500,22 @@ def test_folded_feature_vector_export(tiny_features_folded, tiny):
 SERVE_SCRIPT = """
 import sys, numpy as np, tensorflow as tf
 x = np.load(sys.argv[1])
-for path in sys.argv[2:]:
-    out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(x))
+batch = [open(name, "rb").read() for name in sys.argv[2:4]]
+for path in sys.argv[4:]:
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    out = serve(images=tf.constant(x))
     np.save(path + ".served.npy", next(iter(out.values())).numpy())
+    for _ in range(2):  # [0, 255] pixels: the range warning, once
+        serve(images=tf.constant(x * 255))
+# The bytes signature of the first export in a TF1 session, as TF Serving
+# and saved_model_cli run it: a batch with a truncated JPEG.
+with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    entry = tf.compat.v1.saved_model.load(session, ["serve"], sys.argv[4]).signature_def["serving_bytes"]
+    try:
+        session.run(next(iter(entry.outputs.values())).name, {entry.inputs["image_bytes"].name: batch})
+        print("served")
+    except tf.errors.InvalidArgumentError as error:
+        print([line for line in str(error).splitlines() if "image_bytes[" in line][0])
 """
 
 
@@ -444,23 +526,29 @@ def test_exports_serve_with_and_without_onednn(tiny, tiny_features_folded, tmp_p
     # CPU kernel that has no grouped form. Both exports must serve either way.
     x = _images(2, TINY_SIZE, seed=18)
     np.save(tmp_path / "x.npy", x)
+    (tmp_path / "good.png").write_bytes(_encoded("png", seed=20))
+    (tmp_path / "cut.jpg").write_bytes(_encoded("jpeg", seed=21)[:40])
     exports = {}
     for result in (tiny, tiny_features_folded):
         path = str(tmp_path / os.path.basename(os.path.dirname(result.saved_model_dir)))
         shutil.copytree(result.saved_model_dir, path)
         exports[path] = result.keras_model(x).numpy()
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, str(tmp_path / "x.npy"), *exports],
+    files = [str(tmp_path / name) for name in ("x.npy", "good.png", "cut.jpg")]
+    proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, *files, *exports],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for path, expected in exports.items():
         _close(np.load(path + ".served.npy"), expected)
+    assert len(_printed_ranges(proc.stderr)) == len(exports)
+    assert "`image_bytes[1]` starts as a JPEG file but could not be decoded" in proc.stdout
 
 
 # --------------------------------------------------------------------------
 # F0 structure.
 
 
+@pytest.mark.slow  # the real 71M-parameter graph; every path runs on tiny models by default
 def test_f0_export_round_trip_and_folding(f0):
     model, saved_model_dir = f0
     assert model.count_params() == 71_489_284  # reference doc §2
@@ -499,7 +587,8 @@ def test_bundle_tarball_card_and_kaggle_metadata(tiny):
                    "## Overview", "## Inputs and outputs", "## Usage", "TFSMLayer",
                    "hub.KerasLayer", "hub.load", "## Fine-tuning", "## Training data",
                    "## Metrics", "## License", "## Citation", "brock2021high",
-                   "serving_bytes", "[batch, 10]"):
+                   "serving_bytes", "[batch, 10]", "values outside\n[-0.28125, 1.28125]",
+                   "naming its index"):
         assert needle in card, needle
     for path in tiny.kaggle_metadata:
         with open(path) as f:

@@ -316,6 +316,7 @@ def test_fine_tune_from_a_weights_file_on_an_image_folder(finished, tmp_path, ca
     assert not (tmp_path / "other" / "config.json").exists()  # a corrected rerun may start
 
 
+@pytest.mark.slow  # bfloat16 kernels are slow on CPUs without AVX-512 BF16
 def test_mixed_bfloat16_training_exports_float32(tmp_path):
     summary = run(tmp_path, "--epochs=1", "--precision=mixed_bfloat16")
     assert summary["precision"] == "mixed_bfloat16"
@@ -338,6 +339,7 @@ def test_shapes_dataset_is_deterministic_and_balanced():
     assert images.std() > 30
 
 
+@pytest.mark.slow  # the full 12-epoch demo run
 def test_demo_recipe_learns_the_shapes(tmp_path):
     # The README's main job: 12 epochs reach > 85% test accuracy (measured 92-96%).
     summary = train.run(["--config=demo", f"--out={tmp_path}", "--no_export", "--verbose=0"])
