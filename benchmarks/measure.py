@@ -27,6 +27,7 @@ from nfnet_keras.models import registry  # noqa: E402
 # Frameworks and the modes they are measured in.
 FRAMEWORKS = {
     "keras": ("infer", "train"),  # the Keras model, tf.function, AGC in the train step
+    "keras_remat": ("train",),  # the same with `remat=True` (each NF block recomputed)
     "keras_folded": ("infer",),  # nfnet_keras.fold_for_inference
     "savedmodel": ("infer",),  # the fine-tunable export's serving_default, reloaded
     "savedmodel_folded": ("infer",),  # the --fold export, reloaded
@@ -101,6 +102,7 @@ def keras_case(args):
         model = nfnet_keras.get_model(
             args.model, weights=None, input_shape=(args.size, args.size, 3),
             classifier_activation=None, agc_clipping=AGC_CLIPPING,
+            remat=args.framework == "keras_remat",
         )
         _nonzero_skip_gains(model)
         if args.framework == "keras_folded":
@@ -186,6 +188,7 @@ def timm_case(args):
 CASES = {
     "keras": keras_case,
     "keras_folded": keras_case,
+    "keras_remat": keras_case,
     "savedmodel": saved_model_case,
     "savedmodel_folded": saved_model_case,
     "timm": timm_case,

@@ -561,6 +561,12 @@ class NFModel(keras.Model):
             each output, whatever its name -- is not clipped, its bias is
             (deepmind-research `experiment_nfnets.py`; reference doc §7.3). A given list replaces that default, and each entry
             must match some trainable variable.
+        pyramid_layers: a dict ``{"P1": layer name, ...}`` naming the layers
+            whose outputs are `pyramid_outputs`; set by the constructors,
+            kept by `get_config`. Default: no pyramid.
+        remat: `True` recomputes each NF block in the backward pass of
+            training calls (gradient checkpointing: only block inputs are
+            kept; `nfnet_keras.models.remat`). Default `False`.
         **kwargs: other `keras.Model` arguments.
     """
 
@@ -571,11 +577,23 @@ class NFModel(keras.Model):
         agc_eps=DEFAULT_EPS,
         agc_exclude=None,
         pretrained_cfg=None,
+        pyramid_layers=None,
+        remat=False,
         **kwargs,
     ):
         with deep_graph():
             super().__init__(*args, **kwargs)
         _check_clip_arguments(agc_clipping, agc_eps, allow_none=True)
+        if not isinstance(remat, bool):
+            raise ValueError(f"`remat` must be True or False. Received: remat={remat!r}")
+        self.remat = remat
+        # Untracked: a plan over this model's own layers, not new state.
+        object.__setattr__(self, "_remat_plan", None)
+        if remat:
+            from nfnet_keras.models.remat import BlockRemat
+
+            object.__setattr__(self, "_remat_plan", BlockRemat(self))
+        object.__setattr__(self, "pyramid_layers", dict(pyramid_layers or {}))
         self.agc_clipping = None if agc_clipping is None else float(agc_clipping)
         self.agc_eps = float(agc_eps)
         self.agc_exclude = self._normalize_exclude(agc_exclude)
@@ -639,9 +657,17 @@ class NFModel(keras.Model):
                 "agc_clipping": self.agc_clipping,
                 "agc_eps": self.agc_eps,
                 "agc_exclude": None if self.agc_exclude is None else list(self.agc_exclude),
+                "pyramid_layers": self.pyramid_layers or None,
+                "remat": self.remat,
             }
         )
         return config
+
+    @property
+    def pyramid_outputs(self):
+        """The feature pyramid: ``{"P1": KerasTensor, ...}`` (KerasHub's
+        `Backbone.pyramid_outputs`), from `pyramid_layers`."""
+        return {key: self.get_layer(name).output for key, name in self.pyramid_layers.items()}
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         if training and self.agc_clipping is not None and not getattr(_STEP, "active", False):
@@ -652,6 +678,8 @@ class NFModel(keras.Model):
             context = global_state.get_global_attribute("current_call_ctx")
             if context is not None and context.entry_layer is not self:
                 self._warn_without_agc()
+        if training and self._remat_plan is not None:
+            return self._remat_plan(inputs, training=training)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def _warn_without_agc(self):

@@ -19,6 +19,7 @@ clip gradients.
 """
 
 import functools
+import inspect
 
 import keras
 from keras import layers
@@ -44,33 +45,6 @@ ORDERS = ("bn_relu_conv", "relu_bn_conv")
 NORMS = ("gn_ws", "evonorm_s0", "evonorm_b0")
 
 
-def _input(input_shape, include_top, pooling, classes):
-    if input_shape is None:
-        input_shape = (224, 224, 3)
-    if (
-        not isinstance(input_shape, (tuple, list))
-        or len(input_shape) != 3
-        or not all(isinstance(d, int) and d >= 32 for d in input_shape[:2])
-    ):
-        raise ValueError(
-            "`input_shape` must be (height, width, channels) with sides of at least 32. "
-            f"Received: input_shape={input_shape!r}"
-        )
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
-    if include_top and (not isinstance(classes, int) or classes < 1):
-        raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
-    return layers.Input(shape=tuple(input_shape))
-
-
-def _head(x, include_top, pooling, classes, classifier_activation, initializer):
-    return builder.head(
-        x, include_top=include_top, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, dropout_rate=0.0,
-        initializer=initializer,
-    )
-
-
 def _check_stages(depths, widths):
     if len(depths) != len(widths) or not all(isinstance(d, int) and d >= 1 for d in depths):
         raise ValueError(
@@ -79,18 +53,80 @@ def _check_stages(depths, widths):
         )
 
 
+def _blocks(depths, widths):
+    """Yields, block by block, the layer-name prefix, the 3x3 conv's stride,
+    the block's output and bottleneck widths, and whether the block is the
+    first of its stage (the one with the projection shortcut)."""
+    for stage, (depth, width) in enumerate(zip(depths, widths)):
+        for block in range(depth):
+            stride = STRIDES[stage] if block == 0 else 1
+            yield f"stage{stage}_block{block}_", stride, width, int(width * BOTTLENECK), block == 0
+
+
+def _application(body):
+    """A keras.applications constructor from a network body.
+
+    ``body(inputs, *args, **kwargs)`` builds the features of the architecture
+    arguments and returns ``(features, classifier initializer, default
+    name)``; the constructor adds the keras.applications arguments
+    (``include_top``, ``input_shape``, ``pooling``, ``classes``,
+    ``classifier_activation``, ``name``), checks them, and adds the head.
+    """
+
+    def constructor(
+        *args,
+        include_top=True,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        name=None,
+        **kwargs,
+    ):
+        if input_shape is None:
+            input_shape = (224, 224, 3)
+        if (
+            not isinstance(input_shape, (tuple, list))
+            or len(input_shape) != 3
+            or not all(isinstance(d, int) and d >= 32 for d in input_shape[:2])
+        ):
+            raise ValueError(
+                "`input_shape` must be (height, width, channels) with sides of at least 32. "
+                f"Received: input_shape={input_shape!r}"
+            )
+        if pooling not in (None, "avg", "max"):
+            raise ValueError(f"`pooling` must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
+        if include_top and (not isinstance(classes, int) or classes < 1):
+            raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
+        inputs = layers.Input(shape=tuple(input_shape))
+        x, initializer, default_name = body(inputs, *args, **kwargs)
+        outputs = builder.head(
+            x, include_top=include_top, pooling=pooling, classes=classes,
+            classifier_activation=classifier_activation, dropout_rate=0.0,
+            initializer=initializer,
+        )
+        return keras.Model(inputs, outputs, name=name or default_name)
+
+    signature = inspect.signature(body)
+    application = inspect.signature(constructor).parameters
+    constructor.__signature__ = signature.replace(
+        parameters=list(signature.parameters.values())[1:]
+        + [application[key] for key in ("include_top", "input_shape", "pooling", "classes",
+                                        "classifier_activation", "name")]
+    )
+    constructor.__name__ = constructor.__qualname__ = body.__name__
+    constructor.__doc__ = body.__doc__
+    return constructor
+
+
+@_application
 def BNResNetV2(
+    inputs,
     depths=RESNET50_DEPTHS,
     order="bn_relu_conv",
     widths=WIDTHS,
     stem_width=STEM_WIDTH,
-    include_top=True,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
     kernel_initializer="he_normal",
-    name=None,
 ):
     """A BatchNorm pre-activation bottleneck ResNet (ResNet V2).
 
@@ -101,11 +137,11 @@ def BNResNetV2(
     (``"relu_bn_conv"``). Stem: 7x7/2 conv, 3x3/2 max pool; a final
     norm_act before the head (deepmind-research `resnet.py` `BlockV2`).
     Probe it with batch statistics (`signal_propagation` does so itself).
+    Other arguments: as in `keras.applications`.
     """
     if order not in ORDERS:
         raise ValueError(f"`order` must be one of {ORDERS}. Received: order={order!r}")
     _check_stages(depths, widths)
-    inputs = _input(input_shape, include_top, pooling, classes)
 
     def conv(x, filters, kernel_size, name, strides=1):
         return layers.Conv2D(
@@ -125,37 +161,28 @@ def BNResNetV2(
 
     x = conv(inputs, stem_width, 7, "stem_conv", strides=2)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, (depth, width) in enumerate(zip(depths, widths)):
-        mid = int(width * BOTTLENECK)
-        for block in range(depth):
-            prefix = f"stage{stage}_block{block}_"
-            stride = STRIDES[stage] if block == 0 else 1
-            h = norm_act(x, prefix + "preact")
-            if block == 0:
-                shortcut = conv(h, width, 1, prefix + "shortcut_conv", strides=stride)
-            else:
-                shortcut = x
-            r = conv(h, mid, 1, prefix + "conv0")
-            r = conv(norm_act(r, prefix + "act0"), mid, 3, prefix + "conv1", strides=stride)
-            r = conv(norm_act(r, prefix + "act1"), width, 1, prefix + "conv2")
-            x = layers.Add(name=prefix + "add")([r, shortcut])
+    for prefix, stride, width, mid, first in _blocks(depths, widths):
+        h = norm_act(x, prefix + "preact")
+        if first:
+            shortcut = conv(h, width, 1, prefix + "shortcut_conv", strides=stride)
+        else:
+            shortcut = x
+        r = conv(h, mid, 1, prefix + "conv0")
+        r = conv(norm_act(r, prefix + "act0"), mid, 3, prefix + "conv1", strides=stride)
+        r = conv(norm_act(r, prefix + "act1"), width, 1, prefix + "conv2")
+        x = layers.Add(name=prefix + "add")([r, shortcut])
     x = norm_act(x, "final")
-    outputs = _head(x, include_top, pooling, classes, classifier_activation, "glorot_uniform")
-    return keras.Model(inputs, outputs, name=name or f"bn_resnet_v2_{order}")
+    return x, "glorot_uniform", f"bn_resnet_v2_{order}"
 
 
+@_application
 def ResNetV1(
+    inputs,
     norm="gn_ws",
     depths=RESNET50_DEPTHS,
     widths=WIDTHS,
     stem_width=STEM_WIDTH,
     groups=GN_GROUPS,
-    include_top=True,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-    name=None,
 ):
     """A post-activation bottleneck ResNet with batch-independent normalisation.
 
@@ -181,7 +208,6 @@ def ResNetV1(
     if norm not in NORMS:
         raise ValueError(f"`norm` must be one of {NORMS}. Received: norm={norm!r}")
     _check_stages(depths, widths)
-    inputs = _input(input_shape, include_top, pooling, classes)
 
     def conv(x, filters, kernel_size, name, strides=1):
         if norm == "gn_ws":
@@ -207,24 +233,19 @@ def ResNetV1(
     x = conv(inputs, stem_width, 7, "stem_conv", strides=2)
     x = norm_act(x, "stem")
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, (depth, width) in enumerate(zip(depths, widths)):
-        mid = int(width * BOTTLENECK)
-        for block in range(depth):
-            prefix = f"stage{stage}_block{block}_"
-            stride = STRIDES[stage] if block == 0 else 1
-            if block == 0:
-                shortcut = conv(x, width, 1, prefix + "shortcut_conv", strides=stride)
-                shortcut = norm_act(shortcut, prefix + "shortcut", act=False)
-            else:
-                shortcut = x
-            r = norm_act(conv(x, mid, 1, prefix + "conv0"), prefix + "norm0")
-            r = norm_act(conv(r, mid, 3, prefix + "conv1", strides=stride), prefix + "norm1")
-            r = norm_act(conv(r, width, 1, prefix + "conv2"), prefix + "norm2", act=False, zero_init=True)
-            x = layers.Add(name=prefix + "add")([r, shortcut])
-            x = layers.ReLU(name=prefix + "out")(x)
+    for prefix, stride, width, mid, first in _blocks(depths, widths):
+        if first:
+            shortcut = conv(x, width, 1, prefix + "shortcut_conv", strides=stride)
+            shortcut = norm_act(shortcut, prefix + "shortcut", act=False)
+        else:
+            shortcut = x
+        r = norm_act(conv(x, mid, 1, prefix + "conv0"), prefix + "norm0")
+        r = norm_act(conv(r, mid, 3, prefix + "conv1", strides=stride), prefix + "norm1")
+        r = norm_act(conv(r, width, 1, prefix + "conv2"), prefix + "norm2", act=False, zero_init=True)
+        x = layers.Add(name=prefix + "add")([r, shortcut])
+        x = layers.ReLU(name=prefix + "out")(x)
     head_init = "zeros" if norm == "gn_ws" else keras.initializers.RandomNormal(stddev=0.01)
-    outputs = _head(x, include_top, pooling, classes, classifier_activation, head_init)
-    return keras.Model(inputs, outputs, name=name or f"{norm}_resnet")
+    return x, head_init, f"{norm}_resnet"
 
 
 GNWSResNet50 = functools.partial(ResNetV1, "gn_ws", name="gn_ws_resnet50")

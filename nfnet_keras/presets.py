@@ -29,7 +29,8 @@ def from_preset(name, num_classes=None, weights="imagenet", **kwargs):
             (random initialisation).
         **kwargs: other constructor arguments (`input_shape`, `dropout_rate`,
             `stochastic_depth_rate`, `convention`, `agc_clipping`,
-            `classifier_activation` (default `None`: logits), `name`, ...).
+            `classifier_activation` (default `None`: logits), `name`,
+            `remat`, ...).
 
     Returns:
         An `NFModel` taking RGB images with pixels in [0, 255] (the
@@ -75,4 +76,6 @@ def from_preset(name, num_classes=None, weights="imagenet", **kwargs):
         agc_clipping=model.agc_clipping,
         agc_eps=model.agc_eps,
         pretrained_cfg=cfg,
+        pyramid_layers=model.pyramid_layers,
+        remat=model.remat,
     )

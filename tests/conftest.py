@@ -1,6 +1,9 @@
 """Shared fixtures: offline model builders, the shape-only parameter count,
-and the random weights of the tests."""
+the random weights of the tests, and the tiny checkpoint files and weights
+cache of the `weights=` tests."""
 
+import dataclasses
+import hashlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -9,6 +12,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+import _haiku_files as hf  # noqa: E402 - tests/ is on sys.path
 
 
 def randomize(model, seed=0):
@@ -51,3 +56,87 @@ def count_params():
         return total
 
     return count
+
+
+def tiny_nfnet(**kwargs):
+    """The tiny NFNet row, offline by default: no weights, no preprocessing,
+    32 px; keyword arguments are the constructor's."""
+    import nfnet_keras
+
+    defaults = {"input_shape": (32, 32, 3), "weights": None, "include_preprocessing": False}
+    return nfnet_keras.NFNet("tiny", **{**defaults, **kwargs})
+
+
+def assert_holds(model, tree):
+    """Asserts that `model` holds tensors of the Haiku tree `tree` (a body
+    conv, a skip gain and, when the model has one, the classifier)."""
+    np.testing.assert_array_equal(
+        model.get_layer("stage1_block0_conv1").kernel.numpy(),
+        tree["NFNet/~/nf_block_1/~/conv1"]["w"],
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("stage3_block0_skip_gain").skip_gain.numpy(),
+        tree["NFNet/~/nf_block_3"]["skip_gain"],
+    )
+    if "predictions" in [layer.name for layer in model.layers]:
+        np.testing.assert_array_equal(
+            model.get_layer("predictions").kernel.numpy(), tree["NFNet/~/linear"]["w"]
+        )
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory):
+    """The same tiny tensors as a Haiku pickle, a .pth and a .safetensors."""
+    from _timm import torch
+    from safetensors.numpy import save_file
+
+    folder = tmp_path_factory.mktemp("files")
+    tree = hf.nfnet_tree(**hf.TINY, classes=10, seed=11)
+    state = hf.haiku_to_timm(tree, hf.TINY["depths"])
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, folder / "tiny.pth")
+    save_file(state, str(folder / "tiny.safetensors"))
+    return dict(
+        tree=tree,
+        haiku=hf.write_haiku_pickle(folder / "tiny_haiku.npz", tree),
+        pth=folder / "tiny.pth",
+        safetensors=folder / "tiny.safetensors",
+    )
+
+
+@pytest.fixture
+def tiny_imagenet(tmp_path, monkeypatch):
+    """A registry row for the tiny model served from a file:// URL."""
+    from nfnet_keras.weights import rows as rows_lib
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    tree = hf.nfnet_tree(**hf.TINY, classes=1000, seed=5)
+    source = hf.write_haiku_pickle(origin / "tiny_haiku.npz", tree)
+    md5 = hashlib.md5(source.read_bytes()).hexdigest()
+    home = tmp_path / "keras_home"
+    monkeypatch.setenv("KERAS_HOME", str(home))
+
+    published = rows_lib.CHECKPOINTS
+
+    def install(**changes):
+        fields = dict(architecture="nfnet_tiny", url=source.as_uri(), file_hash=md5)
+        row = dataclasses.replace(rows_lib.checkpoint("nfnet_f0"), **(fields | changes))
+        monkeypatch.setattr(rows_lib, "CHECKPOINTS", published + (row,))
+        return row
+
+    install()
+    return dict(tree=tree, source=source, md5=md5, models=home / "models", install=install)
+
+
+def cached_files(models):
+    """The files in the download cache (by name; lock files left out)."""
+    if not models.exists():
+        return []
+    return sorted(p.name for p in models.rglob("*") if p.is_file() and p.suffix != ".lock")
+
+
+def cached_file(models, name):
+    """The one file named `name` in the download cache."""
+    (path,) = [p for p in models.rglob(name) if p.is_file()]
+    return path
+

@@ -1,6 +1,7 @@
 """DeepMind Haiku checkpoints: safe reading of every published pickle form,
 name mapping with shape checks, and F0 parity with timm (independent oracle)."""
 
+import functools
 import os
 import pickle
 import sys
@@ -10,6 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _haiku_files as hf  # noqa: E402
+from conftest import tiny_nfnet  # noqa: E402
 
 import nfnet_keras  # noqa: E402
 from nfnet_keras.convert import haiku  # noqa: E402
@@ -24,11 +26,7 @@ def tiny_tree():
     return hf.nfnet_tree(**hf.TINY, classes=10, seed=3)
 
 
-def tiny_model(**kwargs):
-    kwargs.setdefault("classes", 10)
-    return nfnet_keras.NFNet(
-        "tiny", input_shape=(32, 32, 3), **{"weights": None, "include_preprocessing": False, **kwargs}
-    )
+tiny_model = functools.partial(tiny_nfnet, classes=10)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Layers against NumPy transcriptions of the reference formulas."""
+"""Layers (`nfnet_keras.layers`) against NumPy transcriptions of the reference
+formulas and against timm."""
 
 import math
 
@@ -7,6 +8,9 @@ import numpy as np
 import pytest
 
 from nfnet_keras import layers as nfl
+from nfnet_keras.layers import StdConv2D
+
+RNG = np.random.default_rng(0)
 
 
 def numpy_conv2d_same(x, w, stride=1, groups=1):
@@ -324,3 +328,92 @@ def test_ws_conv_backward_keeps_no_kernel_sized_temporaries():
     conv.build(x.shape)
     kernel_bytes = int(np.prod(conv._kernel.shape)) * 4
     assert _saved_for_backward_bytes(conv, x) <= x.nbytes + 2 * kernel_bytes + 4096
+
+
+# ---------------------------------------------------------------------------
+# StdConv2D (plain weight standardisation).
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_std_conv_is_big_vision_weight_standardization(groups):
+    x = RNG.standard_normal((2, 7, 6, 4)).astype("float32")
+    conv = StdConv2D(6, 3, groups=groups)
+    conv.build(x.shape)
+    w = RNG.standard_normal(conv.kernel.shape).astype("float32") * 3 + 0.5
+    conv.set_weights([w])
+    # big_vision `bit.py` StdConv: (w - mean) / (std + 1e-5), population std over (H, W, I).
+    w64 = w.astype(np.float64)
+    standardized = (w64 - w64.mean((0, 1, 2))) / (w64.std((0, 1, 2)) + 1e-5)
+    np.testing.assert_allclose(conv(x).numpy(), numpy_conv2d_same(x, standardized, 1, groups),
+                               rtol=1e-5, atol=1e-5)
+    kernel = conv.standardized_kernel().numpy()
+    np.testing.assert_allclose(kernel.mean((0, 1, 2)), 0, atol=1e-6)
+    np.testing.assert_allclose((kernel**2).mean((0, 1, 2)), 1, atol=1e-4)
+
+
+def test_std_conv_var_mode_matches_timm():
+    from _timm import timm, torch
+
+    x = RNG.standard_normal((2, 8, 8, 5)).astype("float32")
+    reference = timm.layers.StdConv2d(5, 4, 3, eps=1e-6)
+    conv = StdConv2D(4, 3, eps_mode="var")
+    conv.build(x.shape)
+    conv.set_weights([reference.weight.detach().numpy().transpose(2, 3, 1, 0)])
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(conv(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    restored = StdConv2D.from_config(conv.get_config())
+    assert (restored.eps, restored.eps_mode, restored.use_bias) == (1e-6, "var", False)
+    with pytest.raises(ValueError, match="`eps_mode` must be one of"):
+        StdConv2D(4, 3, eps_mode="variance")
+
+
+# ---------------------------------------------------------------------------
+# Efficient Channel Attention.
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 8, 31, 64, 256, 512, 1000, 1024, 1536, 2048, 4096])
+def test_eca_kernel_size_is_timms(channels):
+    import _timm  # noqa: F401 - makes timm importable on the CPU-only torch
+    from timm.layers import EcaModule
+
+    assert nfl.eca_kernel_size(channels) == EcaModule(channels).conv.kernel_size[0]
+    layer = nfl.EfficientChannelAttention()
+    layer.build((None, 3, 3, channels))
+    assert layer.kernel.shape == (EcaModule(channels).conv.kernel_size[0], 1, 1)
+
+
+def test_eca_matches_timm_with_the_nf_gain():
+    from _timm import torch
+    from timm.layers import EcaModule
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 3, 200)).astype("float32")
+    reference = EcaModule(200).eval()
+    assert reference.conv.weight.shape == (1, 1, 5)  # k = 5: the padding matters at both ends
+    with torch.no_grad():
+        reference.conv.weight.copy_(torch.from_numpy(rng.standard_normal((1, 1, 5)).astype("float32")))
+        expected = 2.0 * reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    layer = nfl.EfficientChannelAttention(name="eca")
+    layer.build(x.shape)
+    layer.kernel.assign(np.transpose(reference.conv.weight.detach().numpy(), (2, 1, 0)))
+    np.testing.assert_allclose(layer(x).numpy(), expected.transpose(0, 2, 3, 1), atol=1e-6)
+
+
+def test_eca_serialises_and_refuses_bad_kernel_sizes():
+    layer = nfl.EfficientChannelAttention(kernel_size=7, gate_gain=1.0, name="eca")
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(clone, nfl.EfficientChannelAttention)
+    assert (clone.kernel_size, clone.gate_gain) == (7, 1.0)
+    for bad in (4, 0, 2.5):
+        with pytest.raises(ValueError, match=f"`kernel_size` must be None or a positive odd integer. Received: kernel_size={bad}"):
+            nfl.EfficientChannelAttention(kernel_size=bad)
+
+
+def test_eca_model_reloads_from_a_keras_file(tmp_path):
+    inputs = keras.Input((5, 3, 200))
+    model = keras.Model(inputs, nfl.EfficientChannelAttention(name="eca")(inputs))
+    x = np.random.default_rng(0).standard_normal((2, 5, 3, 200)).astype("float32")
+    model.save(tmp_path / "eca.keras")
+    clone = keras.saving.load_model(tmp_path / "eca.keras")  # no custom_objects
+    np.testing.assert_array_equal(clone(x), model(x))

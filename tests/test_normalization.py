@@ -1,4 +1,4 @@
-"""Plain WS, EvoNorm and the batch-independent baselines, against NumPy
+"""EvoNorm-B0 and EvoNorm-S0 (`nfnet_keras.normalization`), against NumPy
 transcriptions of the references and against timm."""
 
 import os
@@ -9,51 +9,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_layers import numpy_conv2d_same  # noqa: E402
 
-from nfnet_keras import baselines  # noqa: E402
-from nfnet_keras.layers import StdConv2D  # noqa: E402
 from nfnet_keras.normalization import EvoNormB0, EvoNormS0  # noqa: E402
 
 RNG = np.random.default_rng(0)
-
-
-# ---------------------------------------------------------------------------
-# StdConv2D.
-
-
-@pytest.mark.parametrize("groups", [1, 2])
-def test_std_conv_is_big_vision_weight_standardization(groups):
-    x = RNG.standard_normal((2, 7, 6, 4)).astype("float32")
-    conv = StdConv2D(6, 3, groups=groups)
-    conv.build(x.shape)
-    w = RNG.standard_normal(conv.kernel.shape).astype("float32") * 3 + 0.5
-    conv.set_weights([w])
-    # big_vision `bit.py` StdConv: (w - mean) / (std + 1e-5), population std over (H, W, I).
-    w64 = w.astype(np.float64)
-    standardized = (w64 - w64.mean((0, 1, 2))) / (w64.std((0, 1, 2)) + 1e-5)
-    np.testing.assert_allclose(conv(x).numpy(), numpy_conv2d_same(x, standardized, 1, groups),
-                               rtol=1e-5, atol=1e-5)
-    kernel = conv.standardized_kernel().numpy()
-    np.testing.assert_allclose(kernel.mean((0, 1, 2)), 0, atol=1e-6)
-    np.testing.assert_allclose((kernel**2).mean((0, 1, 2)), 1, atol=1e-4)
-
-
-def test_std_conv_var_mode_matches_timm():
-    from _timm import timm, torch
-
-    x = RNG.standard_normal((2, 8, 8, 5)).astype("float32")
-    reference = timm.layers.StdConv2d(5, 4, 3, eps=1e-6)
-    conv = StdConv2D(4, 3, eps_mode="var")
-    conv.build(x.shape)
-    conv.set_weights([reference.weight.detach().numpy().transpose(2, 3, 1, 0)])
-    with torch.no_grad():
-        expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(conv(x).numpy(), expected, rtol=1e-5, atol=1e-5)
-    restored = StdConv2D.from_config(conv.get_config())
-    assert (restored.eps, restored.eps_mode, restored.use_bias) == (1e-6, "var", False)
-    with pytest.raises(ValueError, match="`eps_mode` must be one of"):
-        StdConv2D(4, 3, eps_mode="variance")
 
 
 # ---------------------------------------------------------------------------
@@ -185,62 +144,6 @@ def test_evonorm_arguments_are_checked_and_serialized():
     config = keras.saving.serialize_keras_object(layer)
     restored = keras.saving.deserialize_keras_object(config)
     assert (restored.group_size, restored.apply_act) == (8, False)
-
-
-# ---------------------------------------------------------------------------
-# The normalised ResNet baselines.
-
-
-def test_gn_ws_resnet50_has_the_resnet50_parameter_count():
-    from _timm import timm
-
-    reference = timm.create_model("resnet50_gn")  # ResNet-50 v1.5 with GroupNorm
-    expected = sum(p.numel() for p in reference.parameters())
-    assert baselines.GNWSResNet50().count_params() == expected == 25_557_032
-    # EvoNorm adds one `v` per channel of every normalisation followed by a ReLU
-    # (stem 64, and two bottleneck widths per block).
-    v_params = 64 + sum(d * 2 * w // 4 for d, w in zip((3, 4, 6, 3), (256, 512, 1024, 2048)))
-    assert baselines.EvoNormS0ResNet50().count_params() == expected + v_params
-
-
-def _randomized_tiny(norm, dtype="float32"):
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(dtype)
-    try:
-        model = baselines.ResNetV1(norm, depths=(1, 1), widths=(64, 128), stem_width=32, groups=8,
-                                   include_top=False, input_shape=(32, 32, 3))
-    finally:
-        keras.config.set_dtype_policy(policy)
-    rng = np.random.default_rng(1)
-    for variable in model.weights:  # gammas away from their zero/one init
-        offset = 1.0 if variable.name in ("gamma", "moving_variance") else 0.0
-        variable.assign(offset + 0.3 * rng.standard_normal(variable.shape).astype("float32"))
-        if variable.name == "moving_variance":
-            variable.assign(np.abs(variable.numpy()))
-    return model
-
-
-@pytest.mark.parametrize("norm", ["gn_ws", "evonorm_s0"])
-def test_batch_independent_baselines(norm):
-    # In float64, so that the convolutions' batch-size-dependent float32
-    # summation order (~5e-6 here) does not hide what is tested: no
-    # statistic mixes examples.
-    model = _randomized_tiny(norm, "float64")
-    images = np.random.default_rng(2).standard_normal((64, 32, 32, 3))
-    batch = model(images, training=True).numpy()
-    assert np.abs(batch).max() > 0.1
-    for i in (0, 17, 63):
-        alone = model(images[i : i + 1], training=True).numpy()
-        np.testing.assert_allclose(alone[0], batch[i], rtol=0, atol=1e-6)
-
-
-def test_evonorm_b0_baseline_depends_on_the_batch_in_training():
-    # The control that shows the test above can fail.
-    model = _randomized_tiny("evonorm_b0")
-    images = np.random.default_rng(2).standard_normal((64, 32, 32, 3)).astype("float32")
-    batch = model(images, training=True).numpy()
-    alone = model(images[:1], training=True).numpy()
-    assert np.abs(alone[0] - batch[0]).max() > 1e-3
 
 
 @pytest.mark.parametrize("layer_class", [EvoNormB0, EvoNormS0])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import nfnet_keras
+from conftest import randomize  # noqa: E402 - tests/ is on sys.path
 from nfnet_keras.models import builder, get_architecture
 
 
@@ -19,7 +20,7 @@ from nfnet_keras.models import builder, get_architecture
 def test_pyramid_strides_and_widths_at_256(name, include_top):
     # F0's default input is 256 px; the others are built at 256 px without the top.
     row = get_architecture(name)
-    with keras.StatelessScope():  # shapes only: no weights are initialised
+    with keras.StatelessScope(initialize_variables=False):  # shapes only: no weights
         model = nfnet_keras.get_model(
             name, weights=None, include_top=include_top, input_shape=None if include_top else (256, 256, 3)
         )
@@ -80,3 +81,20 @@ def test_detection_style_model_trains_one_step():
     moved = [w.path for w in backbone.trainable_weights if not np.array_equal(before[w.path], w.numpy())]
     assert any(p.startswith("stem_conv0/") for p in moved)
     assert {f"stage{i}_block0_skip_gain/skip_gain" for i in range(4)} <= set(moved), moved
+
+
+def test_pyramid_outputs_survive_keras_reload(tmp_path):
+    model = randomize(nfnet_keras.get_model("nfnet_tiny", weights=None, include_top=False, input_shape=(64, 48, 3)))
+    path = tmp_path / "backbone.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config()["pyramid_layers"] == model.pyramid_layers
+    assert list(loaded.pyramid_outputs) == ["P1", "P2", "P3", "P4", "P5"]
+    shapes = [tuple(t.shape) for t in loaded.pyramid_outputs.values()]
+    assert shapes == [tuple(t.shape) for t in model.pyramid_outputs.values()]
+    assert [s[1:3] for s in shapes] == [(32, 24), (16, 12), (8, 6), (4, 3), (2, 2)]
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 48, 3)).astype("float32")
+    expected = keras.Model(model.input, model.pyramid_outputs)(images)
+    got = keras.Model(loaded.input, loaded.pyramid_outputs)(images)
+    for key in expected:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got[key]), keras.ops.convert_to_numpy(expected[key]))

@@ -1,6 +1,6 @@
 """timm's light NFNets and attention NF-ResNets against timm itself (the oracle):
-Efficient Channel Attention, exact parameter counts, forward parity on
-randomised parameters, and their checkpoints through `weights=`."""
+exact parameter counts, forward parity on randomised parameters, and their
+checkpoints through `weights=`."""
 
 import os
 import sys
@@ -13,7 +13,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _timm import randomize_timm, timm, timm_outputs, torch  # noqa: E402
 
 import nfnet_keras  # noqa: E402
-from nfnet_keras import layers as nf_layers  # noqa: E402
 from nfnet_keras.convert.timm import load_timm_state_dict  # noqa: E402
 from nfnet_keras.models import get_architecture  # noqa: E402
 from nfnet_keras.weights import rows as checkpoint_rows  # noqa: E402
@@ -29,55 +28,6 @@ SIZE = (67, 45)  # odd, non-square: exercises timm's symmetric padding and ceil-
 
 def _tolerance(reference):
     return 1e-4 * max(1.0, float(np.abs(reference).max()))
-
-
-# ---------------------------------------------------------------------------
-# Efficient Channel Attention.
-
-
-@pytest.mark.parametrize("channels", [1, 2, 3, 8, 31, 64, 256, 512, 1000, 1024, 1536, 2048, 4096])
-def test_eca_kernel_size_is_timms(channels):
-    from timm.layers import EcaModule
-
-    assert nf_layers.eca_kernel_size(channels) == EcaModule(channels).conv.kernel_size[0]
-    layer = nf_layers.EfficientChannelAttention()
-    layer.build((None, 3, 3, channels))
-    assert layer.kernel.shape == (EcaModule(channels).conv.kernel_size[0], 1, 1)
-
-
-def test_eca_matches_timm_with_the_nf_gain():
-    from timm.layers import EcaModule
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 5, 3, 200)).astype("float32")
-    reference = EcaModule(200).eval()
-    assert reference.conv.weight.shape == (1, 1, 5)  # k = 5: the padding matters at both ends
-    with torch.no_grad():
-        reference.conv.weight.copy_(torch.from_numpy(rng.standard_normal((1, 1, 5)).astype("float32")))
-        expected = 2.0 * reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    layer = nf_layers.EfficientChannelAttention(name="eca")
-    layer.build(x.shape)
-    layer.kernel.assign(np.transpose(reference.conv.weight.detach().numpy(), (2, 1, 0)))
-    np.testing.assert_allclose(layer(x).numpy(), expected.transpose(0, 2, 3, 1), atol=1e-6)
-
-
-def test_eca_serialises_and_refuses_bad_kernel_sizes():
-    layer = nf_layers.EfficientChannelAttention(kernel_size=7, gate_gain=1.0, name="eca")
-    clone = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert isinstance(clone, nf_layers.EfficientChannelAttention)
-    assert (clone.kernel_size, clone.gate_gain) == (7, 1.0)
-    for bad in (4, 0, 2.5):
-        with pytest.raises(ValueError, match=f"`kernel_size` must be None or a positive odd integer. Received: kernel_size={bad}"):
-            nf_layers.EfficientChannelAttention(kernel_size=bad)
-
-
-def test_eca_model_reloads_from_a_keras_file(tmp_path):
-    inputs = keras.Input((5, 3, 200))
-    model = keras.Model(inputs, nf_layers.EfficientChannelAttention(name="eca")(inputs))
-    x = np.random.default_rng(0).standard_normal((2, 5, 3, 200)).astype("float32")
-    model.save(tmp_path / "eca.keras")
-    clone = keras.saving.load_model(tmp_path / "eca.keras")  # no custom_objects
-    np.testing.assert_array_equal(clone(x), model(x))
 
 
 # ---------------------------------------------------------------------------

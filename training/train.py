@@ -57,6 +57,8 @@ def define_flags(fv):
     flags.DEFINE_integer("steps_per_epoch", None, "default: training examples / batch", **f)
     flags.DEFINE_integer("checkpoint_every_steps", None, "steps between checkpoints", **f)
     flags.DEFINE_integer("seed", 0, "seed of the initialisation and of every random op", **f)
+    flags.DEFINE_bool("remat", False,
+                      "recompute each NF block in the backward pass (less memory, more time)", **f)
     flags.DEFINE_bool("deterministic", False,
                       "enable TensorFlow op determinism (as TF_DETERMINISTIC_OPS=1)", **f)
     flags.DEFINE_string("weights", None,

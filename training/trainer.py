@@ -43,7 +43,7 @@ TOP_K = 5
 # Options that do not change the trained weights: a run may resume with
 # other values of these.
 NEUTRAL_OPTIONS = ("verbose", "no_export", "checkpoint_every_steps", "overwrite", "out",
-                   "data_dir", "download", "tpu", "strategy", "mode", "deterministic")
+                   "data_dir", "download", "tpu", "strategy", "mode", "deterministic", "remat")
 
 
 def make_strategy(name, tpu_address=None):
@@ -83,8 +83,11 @@ def _get_model(config, weights, **kwargs):
     )
 
 
-def build_model(config, num_classes, weights=None):
+def build_model(config, num_classes, weights=None, remat=False):
     """The config's model with `num_classes` logits; returns (model, new_head).
+
+    `remat=True` recomputes each NF block in the backward pass (the
+    constructors' gradient checkpointing).
 
     With `weights` (anything the constructors' `weights=` takes), the whole
     model is loaded when the checkpoint's classifier fits `num_classes`;
@@ -94,12 +97,12 @@ def build_model(config, num_classes, weights=None):
         # Keras warns about the entries of a full-model file that a model
         # without classifier lacks; every backbone weight is loaded (tested).
         warnings.filterwarnings("ignore", message="Skipping nested container")
-        return _build_model(config, num_classes, weights)
+        return _build_model(config, num_classes, weights, remat)
 
 
-def _build_model(config, num_classes, weights):
+def _build_model(config, num_classes, weights, remat):
     # Logits: the loss applies the softmax.
-    head = dict(classes=num_classes, classifier_activation=None)
+    head = dict(classes=num_classes, classifier_activation=None, remat=remat)
     if weights is not None:
         try:
             return _get_model(config, weights, **head), False
@@ -418,12 +421,13 @@ def _train(options, argv):
         f"{strategy.num_replicas_in_sync} replica(s) on {cluster.num_workers} worker(s), "
         f"batch {config.batch_size}, {epochs} epochs x {steps_per_epoch} steps, peak lr "
         f"{config.peak_lr:g}, AGC {config.agc_clipping}, EMA {config.ema_decay}, "
-        f"{options.precision}" + (f", backbone frozen for {freeze_steps} steps" if freeze_steps else ""),
+        f"{options.precision}" + (f", backbone frozen for {freeze_steps} steps" if freeze_steps else "")
+        + (", NF blocks recomputed in the backward pass (remat)" if options.remat else ""),
         flush=True,
     )
 
     with strategy.scope():
-        model, new_head = build_model(config, source.num_classes, options.weights)
+        model, new_head = build_model(config, source.num_classes, options.weights, options.remat)
         if options.precision != "float32":
             # Float32 logits (Keras's mixed-precision guide): a stable loss,
             # and top-k metrics, which TensorFlow computes in float32 only.

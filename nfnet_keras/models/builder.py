@@ -12,6 +12,7 @@ wrap in the AGC-training model, load weights.
 """
 
 import dataclasses
+import inspect
 import math
 
 import keras
@@ -232,6 +233,11 @@ Args:
         (default) keeps the variant's ({attention}).
     activation: the activation of the blocks (a gamma-table name); `None`
         (default) keeps the variant's (`"{activation}"`).
+    remat: `True` turns on gradient checkpointing: training calls keep
+        only each NF block's input and recompute the block in the backward
+        pass (less memory, about one more forward pass of compute); the
+        gradients, drop-path masks included, are the plain model's.
+        Default `False`.
 
 Returns:
     An `NFModel` (a functional `keras.Model` whose `fit` applies AGC).
@@ -653,24 +659,27 @@ def head(x, *, include_top, pooling, classes, classifier_activation, dropout_rat
 
 def build(
     arch,
-    *,
-    include_top,
-    weights,
-    input_tensor,
-    input_shape,
-    pooling,
-    classes,
-    classifier_activation,
-    name,
-    include_preprocessing,
-    dropout_rate,
-    stochastic_depth_rate,
-    convention,
-    agc_clipping,
-    use_se,
-    activation,
+    include_top=True,
+    weights="imagenet",
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+    include_preprocessing=True,
+    dropout_rate=None,
+    stochastic_depth_rate=None,
+    convention=None,
+    agc_clipping=0.01,
+    use_se=None,
+    activation=None,
+    remat=False,
 ):
-    """Builds the `NFModel` of the row `arch` (arguments: `BASE_DOCSTRING`)."""
+    """Builds the `NFModel` of the row `arch` (arguments: `BASE_DOCSTRING`).
+
+    The one signature of every constructor (`make_constructor`).
+    """
     from nfnet_keras import weights as weights_lib
     from nfnet_keras.agc import NFModel
 
@@ -722,10 +731,14 @@ def build(
         dropout_rate=dropout_rate,
         initializer=CLASSIFIER_INITIALIZERS[arch.classifier_initializer](),
     )
-    model = NFModel(inputs, outputs, name=name or arch.name, agc_clipping=agc_clipping)
-    model.pyramid_outputs = {
-        key: model.get_layer(layer).output for key, layer in zip(PYRAMID_KEYS, pyramid_layers(arch))
-    }
+    model = NFModel(
+        inputs,
+        outputs,
+        name=name or arch.name,
+        agc_clipping=agc_clipping,
+        pyramid_layers=dict(zip(PYRAMID_KEYS, pyramid_layers(arch))),
+        remat=remat,
+    )
     checkpoint = weights_lib.load_weights(model, weights, arch, include_top=include_top)
     model.pretrained_cfg.update(weights_lib.pretrained_cfg(arch, checkpoint))
     if include_top:
@@ -734,44 +747,20 @@ def build(
 
 
 def make_constructor(arch, pretrained_sources=()):
-    """The keras.applications-style constructor of one row."""
+    """The keras.applications-style constructor of one row: `build` with the
+    row bound, showing `build`'s keyword arguments as its signature."""
 
-    def constructor(
-        include_top=True,
-        weights="imagenet",
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=1000,
-        classifier_activation="softmax",
-        name=None,
-        include_preprocessing=True,
-        dropout_rate=None,
-        stochastic_depth_rate=None,
-        convention=None,
-        agc_clipping=0.01,
-        use_se=None,
-        activation=None,
-    ):
-        return build(
-            arch,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            name=name,
-            include_preprocessing=include_preprocessing,
-            dropout_rate=dropout_rate,
-            stochastic_depth_rate=stochastic_depth_rate,
-            convention=convention,
-            agc_clipping=agc_clipping,
-            use_se=use_se,
-            activation=activation,
-        )
+    signature = inspect.signature(build)
+    signature = signature.replace(parameters=list(signature.parameters.values())[1:])
 
+    def constructor(*args, **kwargs):
+        try:
+            arguments = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{arch.constructor}(): {error}") from None
+        return build(arch, *arguments.args, **arguments.kwargs)
+
+    constructor.__signature__ = signature
     constructor.__name__ = constructor.__qualname__ = arch.constructor
     constructor.__doc__ = docstring(arch, pretrained_sources)
     constructor.architecture = arch

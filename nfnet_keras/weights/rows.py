@@ -87,6 +87,29 @@ def _timm_hash(file_name):
     return file_name.rsplit("-", 1)[1].split(".")[0]
 
 
+def _timm_row(architecture, base, file_name, size, crop_pct, top1, results, tag, citation,
+              keep_aspect=True):
+    """A file published by timm at ``base + file_name``, evaluated as timm's
+    `default_cfgs` say: test size, crop_pct (``test_crop_pct`` where set),
+    crop_mode 'center' (shorter side, ``keep_aspect``) or 'squash'; top-1
+    from timm results/results-imagenet.csv, row `results`."""
+    return Checkpoint(
+        architecture=architecture,
+        tag=tag,
+        source="timm",
+        url=base + file_name,
+        file_format="timm",
+        file_hash=_timm_hash(file_name),
+        hash_algorithm="sha256",
+        hash_verified=False,
+        eval_transform=timm_eval(size, crop_pct, keep_aspect=keep_aspect),
+        top1=top1,
+        top1_source=f"timm results/results-imagenet.csv ({results})",
+        license=_TIMM_LICENSE,
+        citation=citation,
+    )
+
+
 def _f_rows():
     rows = []
     for arch, dm_file, size, md5, dm_top1, timm_file, crop_pct, timm_top1 in _F_ROWS:
@@ -108,25 +131,12 @@ def _f_rows():
                 citation=_NFNET_CITATION,
             )
         )
+        # DeepMind's tensors re-laid-out for PyTorch (reference doc §5),
+        # evaluated with timm's 'squash' crop mode.
+        timm_name = timm_file.split("-")[0]
         rows.append(
-            Checkpoint(
-                architecture=arch,
-                tag="timm",
-                source="timm",
-                url=_TIMM_DNF + timm_file,
-                file_format="timm",
-                file_hash=_timm_hash(timm_file),
-                hash_algorithm="sha256",
-                hash_verified=False,
-                # DeepMind's tensors re-laid-out for PyTorch (reference doc §5).
-                eval_transform=timm_eval(size, crop_pct, keep_aspect=False),
-                top1=timm_top1,
-                top1_source="timm results/results-imagenet.csv ("
-                + timm_file.split("-")[0]
-                + ".dm_in1k)",
-                license=_TIMM_LICENSE,
-                citation=_NFNET_CITATION,
-            )
+            _timm_row(arch, _TIMM_DNF, timm_file, size, crop_pct, timm_top1, f"{timm_name}.dm_in1k",
+                      tag="timm", citation=_NFNET_CITATION, keep_aspect=False)
         )
     return rows
 
@@ -135,25 +145,10 @@ def _timm_nf_row(architecture, file_name, crop_pct, top1, timm_tag, size=288, ta
                  citation=_NF_CITATION):
     """timm-trained weights of timm's own NF networks (NF-ResNet / NF-RegNet:
     7x7 + max-pool stem, D-style shortcuts, 8-rounded widths, reference doc
-    §6; the light NFNets), which are not DeepMind's networks. timm
-    default_cfgs: test size, crop_pct (``test_crop_pct`` where set), crop_mode
-    'center' (shorter side); top-1 from timm results/results-imagenet.csv at
-    the test size."""
-    return Checkpoint(
-        architecture=architecture,
-        tag=tag,
-        source="timm",
-        url=_TIMM_NF + file_name,
-        file_format="timm",
-        file_hash=_timm_hash(file_name),
-        hash_algorithm="sha256",
-        hash_verified=False,
-        eval_transform=timm_eval(size, crop_pct, keep_aspect=True),
-        top1=top1,
-        top1_source=f"timm results/results-imagenet.csv ({timm_tag} @{size})",
-        license=_TIMM_LICENSE,
-        citation=citation,
-    )
+    §6; the light NFNets), which are not DeepMind's networks; top-1 at the
+    test size."""
+    return _timm_row(architecture, _TIMM_NF, file_name, size, crop_pct, top1, f"{timm_tag} @{size}",
+                     tag, citation)
 
 
 CHECKPOINTS = tuple(
