@@ -1,6 +1,7 @@
 """Shared fixtures: offline model builders, the shape-only parameter count,
-the random weights of the tests, and the tiny checkpoint files and weights
-cache of the `weights=` tests."""
+the random weights of the tests, the randomised timm models of the parity
+tests, and the tiny checkpoint files and weights cache of the `weights=`
+tests."""
 
 import dataclasses
 import hashlib
@@ -56,6 +57,21 @@ def count_params():
         return total
 
     return count
+
+
+@pytest.fixture(scope="module")
+def timm_models():
+    """timm's model of a name, with random parameters, built once per module."""
+    from _timm import randomize_timm, timm
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = randomize_timm(timm.create_model(name))
+        return cache[name]
+
+    return get
 
 
 def tiny_nfnet(**kwargs):

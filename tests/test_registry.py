@@ -1,4 +1,5 @@
-"""The model registry: listed names, round trips, no name parsing, no import side effects."""
+"""The model registry: listed names, lookup by name, round trips, no name
+parsing, no import side effects."""
 
 import os
 import re
@@ -78,3 +79,9 @@ def test_rows_carry_the_pooled_width_in_the_docstrings():
     assert f0.pooled_features == 3072
     assert "Pooled feature width (`include_top=False, pooling=\"avg\"`): 3072" in nfnet_keras.NFNetF0.__doc__
     assert get_architecture("nf_resnet50").pooled_features == 2048
+
+
+def test_get_model_lookup():
+    assert nfnet_keras.get_model("nfnet_tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=3).output.shape == (None, 3)
+    with pytest.raises(ValueError, match="nfnet_f0"):
+        nfnet_keras.get_model("nfnet_f9", weights=None, include_preprocessing=False)

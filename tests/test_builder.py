@@ -1,8 +1,11 @@
-"""Model families: parameter counts, keras.applications contract, modes, saving."""
+"""The one NF builder (`nfnet_keras/models/builder.py`): the keras.applications
+contract (constructor errors, include_top / pooling, input_tensor and
+preprocessing), execution modes and precision, saving, gradients and fit,
+tested on the tiny rows of the three families; and the timm convention of
+the NF-ResNet and NF-RegNet rows against timm (counts, forward parity, the
+-inf-padded max pool) and through a `.keras` file."""
 
 import functools
-import os
-import sys
 
 import keras
 import numpy as np
@@ -10,78 +13,10 @@ import pytest
 
 import nfnet_keras
 from conftest import randomize, tiny_nfnet
-from nfnet_keras.models import get_architecture
-
-# deepmind-research README / reference doc §2 (derived from the code's shapes).
-PUBLISHED_NFNET_PARAMS = {
-    "nfnet_f0": 71_489_284, "nfnet_f1": 132_634_256, "nfnet_f2": 193_779_228,
-    "nfnet_f3": 254_924_200, "nfnet_f4": 316_069_172, "nfnet_f5": 377_214_144,
-    "nfnet_f6": 438_359_116, "nfnet_f7": 499_504_088,
-}
-
-sys.path.insert(0, os.path.dirname(__file__))
-
+from nfnet_keras.convert.timm import load_timm_state_dict
+from nfnet_keras.models import builder
 
 tiny = functools.partial(tiny_nfnet, classes=10)
-
-
-# --- Parameter counts -------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", [f"nfnet_f{i}" for i in range(8)])
-def test_nfnet_parameter_count_is_exact(name, count_params):
-    # Reference doc §2: derived counts that reproduce the DeepMind README.
-    assert count_params(name) == get_architecture(name).params == PUBLISHED_NFNET_PARAMS[name]
-
-
-@pytest.mark.parametrize("variant", ["50", "101", "152", "200"])
-@pytest.mark.parametrize("use_se", [False, True])
-def test_nf_resnet_parameter_count(variant, use_se, count_params):
-    row = get_architecture(f"nf_resnet{variant}")
-    expected = row.params_se if use_se else row.params
-    # The reference gives these counts to 0.01M (derived from the code).
-    assert round(count_params(row.name, use_se=use_se) / 1e6, 2) == expected / 1e6
-
-
-@pytest.mark.parametrize("variant", ["b0", "b1", "b2", "b3", "b4", "b5"])
-def test_nf_regnet_parameter_count(variant, count_params):
-    row = get_architecture(f"nf_regnet_{variant}")
-    assert round(count_params(row.name) / 1e6, 2) == row.params / 1e6
-
-
-def test_nf_resnet50_count_equals_timm_plus_skip_gains(count_params):
-    # timm's nf_resnet50 has the same convolutions (pooling has no weights)
-    # but no scalar skip gain per block: ours = timm + number of blocks.
-    from _timm import timm
-
-    reference = sum(p.numel() for p in timm.create_model("nf_resnet50").parameters())
-    blocks = sum(get_architecture("nf_resnet50").depths)
-    assert count_params("nf_resnet50") == reference + blocks
-
-
-def test_nfnet_f0_betas_follow_the_reference_table():
-    # Reference doc §3.4, F0 table (alpha = 0.2).
-    expected = [1.0, 0.9805806757, 0.9805806757, 0.9622504486, 0.9805806757,
-                0.9622504486, 0.9449111825, 0.9284766909, 0.9128709292,
-                0.8980265101, 0.9805806757, 0.9622504486]
-    model = nfnet_keras.NFNetF0(weights=None, include_preprocessing=False, include_top=False)
-    betas = [layer.beta for layer in model.layers if layer.name.endswith("_preact")]
-    np.testing.assert_allclose(betas, expected, atol=1e-10)
-    drops = {l.name: l.rate for l in model.layers if l.name.endswith("drop_path")}
-    # DeepMind schedule 0.25 * i / 12; block 0 has none (reference doc §3.4).
-    assert "stage0_block0_drop_path" not in drops
-    assert drops["stage3_block2_drop_path"] == pytest.approx(0.25 * 11 / 12)
-
-
-def test_nfnet_f0_feature_map_shapes():
-    model = nfnet_keras.NFNetF0(weights=None, include_preprocessing=False, include_top=False, input_shape=(256, 256, 3))
-    shapes = {l.name: l.output.shape for l in model.layers}
-    assert shapes["stem_conv3"] == (None, 64, 64, 128)
-    assert shapes["stage0_block0_add"] == (None, 64, 64, 256)
-    assert shapes["stage1_block1_add"] == (None, 32, 32, 512)
-    assert shapes["stage2_block5_add"] == (None, 16, 16, 1536)
-    assert shapes["final_conv"] == (None, 8, 8, 3072)
-    assert model.get_layer("stage2_block0_conv1").groups == 6  # 768 / 128
 
 
 # --- keras.applications contract ------------------------------------------
@@ -249,7 +184,101 @@ def test_every_trainable_variable_gets_a_gradient_and_fit_runs(family):
     assert not unchanged, f"not updated by fit: {unchanged}"
 
 
-def test_get_model_lookup():
-    assert nfnet_keras.get_model("nfnet_tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=3).output.shape == (None, 3)
-    with pytest.raises(ValueError, match="nfnet_f0"):
-        nfnet_keras.get_model("nfnet_f9", weights=None, include_preprocessing=False)
+# --- The timm convention ----------------------------------------------------
+
+# The timm convention of the DeepMind families: (Keras constructor, converter
+# rule set) by timm model name.
+ARCHS = {
+    "nf_resnet26": (nfnet_keras.TimmNFResNet26, "timm_nf_resnet"),
+    "nf_resnet50": (nfnet_keras.TimmNFResNet50, "timm_nf_resnet"),
+    "nf_resnet101": (nfnet_keras.TimmNFResNet101, "timm_nf_resnet"),
+    "nf_regnet_b0": (nfnet_keras.TimmNFRegNetB0, "timm_nf_regnet"),
+    "nf_regnet_b1": (nfnet_keras.TimmNFRegNetB1, "timm_nf_regnet"),
+    "nf_regnet_b2": (nfnet_keras.TimmNFRegNetB2, "timm_nf_regnet"),
+    "nf_regnet_b3": (nfnet_keras.TimmNFRegNetB3, "timm_nf_regnet"),
+    "nf_regnet_b4": (nfnet_keras.TimmNFRegNetB4, "timm_nf_regnet"),
+    "nf_regnet_b5": (nfnet_keras.TimmNFRegNetB5, "timm_nf_regnet"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_parameter_count_matches_timm(name, count_params):
+    from _timm import timm
+
+    constructor, _ = ARCHS[name]
+    reference = timm.create_model(name, device="meta")  # shapes only
+    expected = sum(p.numel() for p in reference.parameters())
+    row = constructor.architecture
+    assert row.timm_name == name
+    assert count_params(row.name) == expected
+    assert row.params == expected
+    # The default input size is timm's test size for the variant.
+    cfg = reference.pretrained_cfg
+    size = (cfg.get("test_input_size") or cfg["input_size"])[1]
+    assert row.test_size == size
+
+
+@pytest.mark.parametrize("name", ["nf_resnet50", "nf_regnet_b1"])
+# The odd, non-square size runs by default; the default size (288, the
+# test size, also checked against timm's cfg above) and 160x192 with `-m slow`.
+@pytest.mark.parametrize(
+    "size",
+    [pytest.param(None, marks=pytest.mark.slow), (223, 255), pytest.param((160, 192), marks=pytest.mark.slow)],
+)
+def test_matches_timm(timm_models, name, size):
+    from _timm import timm_outputs
+
+    constructor, arch = ARCHS[name]
+    reference = timm_models(name)
+    if size is None:  # the default size: timm's test size (288 for both)
+        model = constructor(weights=None, include_preprocessing=False, classifier_activation=None)
+        size = tuple(model.input_shape[1:3])
+        assert size == (288, 288)
+    else:
+        model = constructor(weights=None, include_preprocessing=False, input_shape=(*size, 3), classifier_activation=None)
+    state = reference.state_dict()
+    load_timm_state_dict(model, state, arch=arch)
+    features = constructor(
+        weights=None, include_preprocessing=False, include_top=False, pooling="avg", input_shape=(*size, 3)
+    )
+    load_timm_state_dict(features, state, arch=arch, skip=r"head\.fc\.")
+
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((2, *size, 3)).astype("float32")
+    ref_pooled, ref_logits = timm_outputs(reference, images)
+    logits = model.predict(images, verbose=0)
+    pooled = features.predict(images, verbose=0)
+
+    assert np.abs(ref_logits).max() > 0.1  # the head is not trivially zero
+    np.testing.assert_allclose(
+        logits, ref_logits, rtol=0, atol=1e-4 * max(1.0, float(np.abs(ref_logits).max()))
+    )
+    np.testing.assert_allclose(
+        pooled, ref_pooled, rtol=0, atol=1e-4 * max(1.0, float(np.abs(ref_pooled).max()))
+    )
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+def test_symmetric_max_pool_matches_torch(size):
+    # Negative inputs: zero padding (instead of -inf) would win at the border.
+    from _timm import torch
+
+    rng = np.random.default_rng(0)
+    x = -np.abs(rng.standard_normal((2, *size, 3))).astype("float32") - 1.0
+    ours = np.asarray(builder.SymmetricMaxPooling2D(3, 2, 1)(x))
+    ref = torch.nn.MaxPool2d(3, stride=2, padding=1)(
+        torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy())
+    )
+    np.testing.assert_array_equal(ours, np.transpose(ref.numpy(), (0, 2, 3, 1)))
+
+
+def test_saved_model_round_trip(tmp_path):
+    model = nfnet_keras.TimmNFResNet26(weights=None, include_preprocessing=False, input_shape=(64, 64, 3), classifier_activation=None)
+    randomize(model)  # non-trivial values (last-conv gains are 0)
+    images = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype("float32")
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        restored.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6
+    )
