@@ -17,6 +17,17 @@ import pytest  # noqa: E402
 import _haiku_files as hf  # noqa: E402 - tests/ is on sys.path
 
 
+# The README's test command runs two pytest workers, each taking whole modules
+# (`-n 2 --dist loadfile`) in collection order. The modules that run whole
+# trainings and exports in subprocesses go first, so that the run does not end
+# with one of them alone on one core.
+LONG_MODULES = ("test_distributed.py", "test_training.py", "test_export.py", "test_benchmarks.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONG_MODULES)  # stable: keeps the rest
+
+
 def randomize(model, seed=0):
     """Non-trivial values for every weight of a Keras model (skip gains start
     at zero, gains at one, biases at zero: left as they are they hide bugs)."""

@@ -8,12 +8,15 @@ Modes:
   mirrored        1 device vs MirroredStrategy on 2 logical CPUs: same
                   weights after 3 fit steps with AGC active; plus the same
                   run with the clipping done per replica (must differ).
+                  Every mode runs the hand-built NF model (fast to trace);
+                  the trainer's multi-worker test in test_distributed.py
+                  runs the tiny NFNet.
   mirrored_fp16   mixed_float16 + loss scaling, 2 replicas, an overflow on
                   replica 1 only: the step must be skipped everywhere.
   mwms INDEX      one worker of a 2-process MultiWorkerMirroredStrategy
                   (TF_CONFIG set by the caller), driving NFModel.train_step
                   from a minimal loop (Keras 3.15 `fit` does not run under
-                  this strategy, env-findings §4), on the hand-built model.
+                  this strategy, env-findings §4).
   single          the 1-device reference of the mwms run.
 """
 
@@ -68,18 +71,11 @@ def small_nf_model(agc_clipping):
     return agc.NFModel(inputs, outputs, agc_clipping=agc_clipping)
 
 
-def build(model_cls=None, kind="tiny"):
+def build(model_cls=None):
     keras.utils.set_random_seed(0)
-    if kind == "small":
-        model = small_nf_model(CLIPPING)
-    else:
-        model = nfnet_keras.NFNet(
-            "tiny", weights=None, include_preprocessing=False, input_shape=(32, 32, 3), classes=10, stochastic_depth_rate=0.0,
-            agc_clipping=CLIPPING,
-        )
+    model = small_nf_model(CLIPPING)
     if model_cls is not None:  # same graph and weights, other train_step
-        clone = model_cls(model.inputs, model.outputs, agc_clipping=None)
-        return clone
+        return model_cls(model.inputs, model.outputs, agc_clipping=None)
     return model
 
 
@@ -112,10 +108,10 @@ class PerReplicaAGC(agc.NFModel):
         return {"loss": loss}
 
 
-def fit(model_cls=None, strategy=None, kind="tiny"):
+def fit(model_cls=None, strategy=None):
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = build(model_cls, kind)
+        model = build(model_cls)
         compile_model(model)
     x, y = data()
     history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
@@ -130,13 +126,11 @@ def mirrored():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     ref, ref_logs = fit()
     two, two_logs = fit(strategy=strategy)
-    small_ref, small_logs = fit(kind="small")
-    small_two, _ = fit(strategy=strategy, kind="small")
-    naive, _ = fit(PerReplicaAGC, strategy=strategy, kind="small")
+    naive, _ = fit(PerReplicaAGC, strategy=strategy)
     global OPTIMIZER
     OPTIMIZER = "nfsgd"
-    ema_ref, _ = fit(kind="small")
-    ema_two, _ = fit(strategy=strategy, kind="small")
+    ema_ref, _ = fit()
+    ema_two, _ = fit(strategy=strategy)
     ema_diff = max(
         float(np.max(np.abs(a.numpy() - b.numpy())))
         for a, b in zip(
@@ -147,11 +141,9 @@ def mirrored():
     return {
         "replicas": strategy.num_replicas_in_sync,
         "max_diff_2_replicas": max_diff(ref, two),
-        "small_max_diff_2_replicas": max_diff(small_ref, small_two),
-        "small_max_diff_per_replica_clipping": max_diff(small_ref, naive),
-        "small_clip_fraction": small_logs["agc_clip_fraction"][-1],
+        "max_diff_per_replica_clipping": max_diff(ref, naive),
         "nfsgd_ema_max_diff_2_replicas": max(ema_diff, max_diff(ema_ref, ema_two)),
-        "nfsgd_ema_moved": max_diff(ema_ref, build(kind="small")),
+        "nfsgd_ema_moved": max_diff(ema_ref, build()),
         "max_weight_change": max_diff(ref, build()),
         "clip_fraction_1": ref_logs["agc_clip_fraction"][-1],
         "clip_fraction_2": two_logs["agc_clip_fraction"][-1],
@@ -177,7 +169,7 @@ def mirrored_fp16():
         )
 
     with strategy.scope():
-        model = build(kind="small")
+        model = build()
         model.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy")
         stock = keras.Model(model.inputs, model.outputs)  # Keras's own train_step
         stock.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy")
@@ -202,9 +194,7 @@ def mirrored_fp16():
 def custom_loop(strategy, worker_index, num_workers):
     """NFModel.train_step driven by hand; worker i feeds its slice of the batch."""
     with strategy.scope():
-        # The hand-built NF model: fast to trace; the trainer's own
-        # multi-worker test runs the tiny NFNet.
-        model = build(kind="small")
+        model = build()
         compile_model(model)
         model.optimizer.build(model.trainable_variables)
     model.make_train_function()  # installs AGC on the optimizer

@@ -55,19 +55,18 @@ def test_mirrored_two_replicas_equal_one_device():
     r = _run("mirrored")
     assert r["replicas"] == 2
     # AGC is active, and sees the same global gradient on both set-ups.
-    assert r["clip_fraction_1"] > 0.05 and r["small_clip_fraction"] > 0.05
+    assert r["clip_fraction_1"] > 0.05
     assert r["clip_fraction_2"] == pytest.approx(r["clip_fraction_1"], abs=1e-6)
     assert r["grad_norm_2"] == pytest.approx(r["grad_norm_1"], rel=1e-5)
     assert r["loss_2"] == pytest.approx(r["loss_1"], abs=1e-5)
-    # Same weights after 3 steps (tiny NFNet and a hand-built NF model) ...
+    # Same weights after 3 steps ...
     assert r["max_weight_change"] > 1e-3
     assert r["max_diff_2_replicas"] <= 1e-6
-    assert r["small_max_diff_2_replicas"] <= 1e-6
     # NFSGD (coupled decay, momentum, warm-up EMA) too: EMA and momenta.
     assert r["nfsgd_ema_moved"] > 1e-4
     assert r["nfsgd_ema_max_diff_2_replicas"] <= 1e-6
     # ... while clipping each replica's gradient gives another update.
-    assert r["small_max_diff_per_replica_clipping"] > 1e-4
+    assert r["max_diff_per_replica_clipping"] > 1e-4
 
 
 def test_mirrored_float16_overflow_on_one_replica_is_skipped():
