@@ -21,7 +21,7 @@ import _haiku_files as hf  # noqa: E402 - tests/ is on sys.path
 # (`-n 2 --dist loadfile`) in collection order. The modules that run whole
 # trainings and exports in subprocesses go first, so that the run does not end
 # with one of them alone on one core.
-LONG_MODULES = ("test_distributed.py", "test_training.py", "test_export.py", "test_benchmarks.py")
+LONG_MODULES = ("test_distributed.py", "test_trainer.py", "test_export.py", "test_benchmarks.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -1,4 +1,4 @@
-"""SavedModel export: every loader, the bytes signature, folding, bad input, bundle."""
+"""SavedModel export: every loader, the bytes signature, folded exports, bad input, bundle."""
 
 import json
 import os
@@ -7,48 +7,22 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import randomize  # noqa: E402 - tests/ is on sys.path
+from _tiny_io import TINY_CLASSES, TINY_SIZE, TOL, _close, _encoded, _images  # tests/ is on sys.path
+from conftest import randomize
 from export import export as export_lib
 from export import preprocessing
 import nfnet_keras
-from nfnet_keras import layers as nf_layers
 from nfnet_keras.weights import deepmind_eval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-TOL = 1e-5  # float32 parity target of the export (issue text, reference doc §1)
-TINY_SIZE = 32
-TINY_CLASSES = 10
 F0_SIZE = 64  # small, to keep the F0 structure test cheap; sizes are dynamic
-
-
-def _images(batch, size, seed=0):
-    return np.random.default_rng(seed).random((batch, size, size, 3), dtype="float32")
-
-
-def _close(actual, expected, tol=TOL):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    scale = max(1.0, float(np.max(np.abs(expected))))
-    diff = float(np.max(np.abs(actual - expected)))
-    assert diff <= tol * scale, f"max |difference| {diff:.3e} > {tol * scale:.3e}"
-
-
-def _encoded(kind, height=45, width=70, seed=3):
-    """A real image file's bytes: smooth colours plus noise, non-square."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    image = np.stack([xx * 3.0, yy * 5.0, (xx + yy) * 2.0], -1) + rng.normal(0, 20, (height, width, 3))
-    image = tf.constant(np.clip(image, 0, 255).astype("uint8"))
-    encode = tf.io.encode_png if kind == "png" else tf.io.encode_jpeg
-    return encode(image).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -99,32 +73,6 @@ def f0(workdir):
     path = str(workdir / "f0")
     export_lib.save(model, path, output="classification", transform=deepmind_eval(F0_SIZE))
     return model, path
-
-
-# --------------------------------------------------------------------------
-# The evaluation transform.
-
-
-@pytest.mark.parametrize("kind", ["png", "jpeg"])
-def test_eval_transform_matches_deepmind_resize_then_crop(kind):
-    # A transcription of deepmind-research `dataset._decode_and_resize_then_crop`
-    # with crop_pct = 32 (reference doc §8.1): decode_jpeg, bicubic resize to
-    # size + 32, crop offset ((scaled - crop) + 1) // 2, then /255 for [0, 1].
-    data = _encoded(kind)
-    size = 40
-    image = tf.image.decode_jpeg(data, channels=3)
-    scale_size = (size + 32, size + 32)
-    image = tf.image.resize(image, scale_size, tf.image.ResizeMethod.BICUBIC)
-    offset = ((scale_size[0] - size) + 1) // 2
-    reference = tf.image.crop_to_bounding_box(image, offset, offset, size, size) / 255.0
-    out = preprocessing.eval_transform(tf.constant(data), deepmind_eval(size))
-    assert out.shape == (size, size, 3) and out.dtype == tf.float32
-    np.testing.assert_allclose(out.numpy(), reference.numpy(), atol=1e-6)
-    # A constant image stays constant under the bicubic squash and crop.
-    flat = tf.io.encode_png(tf.fill([30, 50, 3], tf.constant(200, tf.uint8)))
-    np.testing.assert_allclose(
-        preprocessing.eval_transform(flat, deepmind_eval(size)).numpy(), 200 / 255.0, atol=1e-5
-    )
 
 
 # --------------------------------------------------------------------------
@@ -404,73 +352,7 @@ def test_out_of_range_images_warn_once_and_serve_unchanged(tiny, capfd):
 
 
 # --------------------------------------------------------------------------
-# Folding.
-
-
-def _ws_reference(kernel, gain, eps=1e-4):
-    """DeepMind scaled WS in NumPy (reference doc §4), float64."""
-    kernel = kernel.astype("float64")
-    fan_in = np.prod(kernel.shape[:-1])
-    mean = kernel.mean(axis=(0, 1, 2), keepdims=True)
-    var = kernel.var(axis=(0, 1, 2), keepdims=True)
-    return (kernel - mean) * gain / np.sqrt(np.maximum(fan_in * var, eps))
-
-
-def test_fold_model_matches_unfolded_and_folds_scales():
-    model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
-    randomize(model, seed=11)
-    x = _images(2, TINY_SIZE, seed=12)
-    expected = model(x).numpy()
-
-    plain = nfnet_keras.fold_for_inference(model, fold_scales=False)
-    _close(plain(x), expected)
-    conv = model.get_layer("stage1_block0_conv1")  # grouped, strided
-    np.testing.assert_allclose(
-        plain.get_layer(conv.name).kernel.numpy(),
-        _ws_reference(conv.kernel.numpy(), conv.gain.numpy()),
-        rtol=1e-5, atol=1e-6,
-    )
-
-    folded = nfnet_keras.fold_for_inference(model)
-    _close(folded(x), expected)
-    types = {type(layer) for layer in folded.layers}
-    assert nf_layers.ScaledStdConv2D not in types and nf_layers.SkipGain not in types
-    assert nf_layers.StochasticDepth not in types
-    convs = [l for l in folded.layers if isinstance(l, keras.layers.Conv2D)]
-    assert convs and all(isinstance(l, nf_layers.PerGroupConv2D) for l in convs)
-    acts = [l for l in folded.layers if isinstance(l, nf_layers.GammaAct)]
-    assert all(l.gamma == 1.0 and l.beta == 1.0 for l in acts)
-    assert all(l.gate_gain == 1.0 for l in folded.layers if isinstance(l, nf_layers.SqueezeExcite))
-    # Same layer names (the weight-name contract), same parameter count.
-    assert [l.name for l in folded.layers] == [l.name for l in model.layers]
-    # The folded model is a Keras model like any other: it saves and reloads.
-    path = os.path.join(tempfile.mkdtemp(), "folded.keras")
-    folded.save(path)
-    np.testing.assert_array_equal(keras.saving.load_model(path)(x), folded(x))
-
-
-@pytest.mark.parametrize("name", ["nf_resnet_tiny", "nf_regnet_tiny"])
-def test_fold_model_other_families(name):
-    # NF-ResNet (no SE, max-pool stem) and NF-RegNet (SE in the middle of the
-    # branch, zero-initialised head): the same folding rules apply.
-    model = export_lib.build_keras_model(name, classes=TINY_CLASSES)
-    randomize(model, seed=21)
-    x = _images(2, TINY_SIZE, seed=22)
-    expected = model(x).numpy()
-    assert np.abs(expected).max() > 0.1
-    folded = nfnet_keras.fold_for_inference(model)
-    _close(folded(x), expected)
-    assert not any(isinstance(l, nf_layers.ScaledStdConv2D) for l in folded.layers)
-
-
-def test_fold_model_keeps_zero_skip_gain_blocks():
-    model = export_lib.build_keras_model("nfnet_tiny", classes=TINY_CLASSES)
-    randomize(model, seed=13)
-    model.get_layer("stage2_block0_skip_gain").skip_gain.assign(0.0)
-    x = _images(2, TINY_SIZE, seed=14)
-    folded = nfnet_keras.fold_for_inference(model)
-    _close(folded(x), model(x).numpy())
-    assert isinstance(folded.get_layer("stage2_block0_skip_gain"), nf_layers.SkipGain)
+# Folded exports; serving with and without oneDNN.
 
 
 def test_folded_feature_vector_export(tiny_features_folded, tiny):

@@ -1,4 +1,7 @@
-"""The training job end to end: data, the loop, resume, guards, export, eval."""
+"""The training job (`training/trainer.py`) end to end: the run's weights,
+logs, record and export, eval mode, the guarded `--out` and the fallback to an
+older checkpoint, the non-finite stop, reproducible runs that resume after a
+kill, fine-tuning, mixed precision."""
 
 import glob
 import json
@@ -15,10 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import datasets, pipeline, train, trainer
+from _training import ROOT, fails, make_folder  # tests/ is on sys.path
+from training import pipeline, train, trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 300
+TIMEOUT_S = 300  # seconds a trainer subprocess may take (a quick demo run takes ~25 s)
 # A short demo run: 2 epochs of 3 steps of 16 images.
 QUICK = ["--config=demo", "--batch_size=16", "--epochs=2", "--steps_per_epoch=3", "--verbose=0"]
 
@@ -27,32 +30,11 @@ def run(out, *flags):
     return train.run([*QUICK, f"--out={out}", *flags])
 
 
-def fails(capsys, *argv, code=2):
-    """Runs the command line; asserts the exit code and a one-line error."""
-    assert train.main(list(argv)) == code
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished short demo run with export (shared by several tests)."""
     out = tmp_path_factory.mktemp("finished")
     return out, run(out)
-
-
-def test_help_answers_without_importing_tensorflow():
-    code = (
-        "import sys, time; start = time.time(); from training import train; "
-        "train.run(['--help']); print('SECONDS', time.time() - start, 'tensorflow' in sys.modules)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          timeout=60)
-    assert "--freeze_backbone_epochs" in proc.stdout and "--config.<field>" in proc.stdout
-    seconds, tf_imported = proc.stdout.split("SECONDS")[-1].split()
-    assert tf_imported == "False"
-    assert float(seconds) < 1.0
 
 
 def test_demo_run_writes_weights_models_logs_config_and_export(finished):
@@ -122,33 +104,6 @@ def test_out_is_guarded_and_a_broken_checkpoint_falls_back(finished, tmp_path, c
     assert "does not fit this model" in err and "checkpoints/ckpt-6" in err
 
 
-@pytest.mark.parametrize(
-    "flags,match",
-    [
-        (["--batch_size=0"], "batch_size"),
-        (["--epochs=-1"], "epochs"),
-        (["--config=nfnet_f9"], "config"),
-        (["--steps_per_epoch=0"], "steps_per_epoch"),
-        (["--steps_per_epoch=-3"], "steps_per_epoch"),
-        (["--config.nope=1"], "not a recipe field"),
-        (["--config.batch_size=1.5"], "config.batch_size"),
-        (["--nope"], "nope"),
-        (["--dataset=folder", "--data_dir=/does/not/exist"], "data_dir"),
-        (["--dataset=no_such_dataset_xyz"], "no_such_dataset_xyz"),
-        (["--weights=/does/not/exist.weights.h5"], "no such file"),
-        (["--mode=eval"], "--weights"),
-    ],
-)
-def test_bad_input_is_one_line_before_training(tmp_path, capsys, flags, match):
-    fails(capsys, f"--out={tmp_path}", *flags)
-    assert not (tmp_path / "checkpoints").exists()
-
-
-def test_missing_tfds_dataset_fails_fast_with_a_clear_message(tmp_path, capsys):
-    err = fails(capsys, "--dataset=cifar10", f"--data_dir={tmp_path}", f"--out={tmp_path / 'run'}")
-    assert "cifar10" in err and "--download" in err
-
-
 def test_a_run_whose_steps_are_all_non_finite_stops(tmp_path, capsys, monkeypatch):
     def nan_images(image, size, seed, area_range):
         return tf.fill([size, size, 3], float("nan"))
@@ -166,7 +121,7 @@ def test_a_run_whose_steps_are_all_non_finite_stops(tmp_path, capsys, monkeypatc
 def _start(out, *flags):
     # Shuffle, crop, flip, dropout and stochastic depth on (MixUp/CutMix and
     # RandAugment are stateless functions of the same seeds: see
-    # test_input_stream_... and test_augment.py); a checkpoint after every step.
+    # test_pipeline.py and test_augment.py); a checkpoint after every step.
     return subprocess.Popen(
         ["timeout", "-k", "5", str(TIMEOUT_S), sys.executable, "-m", "training.train", *QUICK,
          "--config.dropout_rate=0.3", "--config.stochastic_depth_rate=0.2",
@@ -207,76 +162,36 @@ def test_runs_are_reproducible_and_a_killed_run_resumes_to_the_same_weights(tmp_
     assert max(float(np.max(np.abs(x - y))) for x, y in zip(a, resumed)) <= 1e-6
 
 
-def test_input_stream_restarts_exactly_at_a_batch_and_shards_are_disjoint():
-    source = datasets.shapes(num_train=40, num_test=8)
-    config = train.resolve_config(train.parse(["--config=demo", "--config.mixup_cutmix=True",
-                                               "--config.shuffle_buffer=16"])[0])
-
-    def batches(count, **kwargs):
-        ds = pipeline.make_train_dataset(source, config, 4, seed=3, **kwargs)
-        return [tuple(t.numpy() for t in b) for b in ds.take(count)]
-
-    stream = batches(12)  # 12 batches of 8 examples: past two epochs of 40
-    again = batches(12)
-    resumed = batches(5, start_batch=7)
-    for x, y in zip(stream, again):
-        np.testing.assert_array_equal(x[0], y[0])
-    for x, y in zip(stream[7:], resumed):
-        np.testing.assert_array_equal(x[0], y[0])
-        np.testing.assert_array_equal(x[1], y[1])
-    # Two shards hold every training key once.
-    keys = [int(k) for i in range(2) for k, _, _ in source.train(2, i).as_numpy_iterator()]
-    assert sorted(keys) == list(range(40))
+@pytest.mark.slow
+def test_kill_9_at_random_moments_across_checkpoint_writes(tmp_path):
+    # Six kills at random times after the first checkpoint, with a checkpoint
+    # after every step: every rerun resumes, the last one finishes with the
+    # uninterrupted run's weights.
+    reference = _start(tmp_path / "reference", "--epochs=4")
+    rng = np.random.default_rng(0)
+    out = tmp_path / "killed"
+    for _ in range(6):
+        proc = _start(out, "--epochs=4")
+        index = out / "checkpoints" / "checkpoint"
+        while not index.exists() and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 3.0)))
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate(timeout=60)
+        assert "Traceback" not in log, log[-3000:]
+        if (out / "summary.json").exists():
+            break
+    if not (out / "summary.json").exists():
+        _finish(_start(out, "--epochs=4"))
+    _finish(reference)
+    diff = max(float(np.max(np.abs(x - y)))
+               for x, y in zip(_weights(tmp_path / "reference"), _weights(out)))
+    assert diff <= 1e-6
 
 
 # ---------------------------------------------------------------------------
-# Image folders and fine-tuning.
+# Fine-tuning, mixed precision, the demo recipe.
 # ---------------------------------------------------------------------------
-
-
-COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
-
-
-def make_folder(root, per_class=(6, 3), classes=COLOURS, seed=0):
-    """Noisy images whose class is their colour, as PNG files."""
-    rng = np.random.default_rng(seed)
-    for split, count in zip(("train", "test"), per_class):
-        for name, rgb in classes.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                size = int(rng.integers(24, 48))
-                image = np.clip(np.array(rgb) * 0.6 + rng.normal(0, 40, (size, size + 3, 3)), 0, 255)
-                tf.io.write_file(str(folder / f"{i}.png"), tf.io.encode_png(image.astype(np.uint8)))
-    return root
-
-
-def test_image_folder_is_scanned_before_training(tmp_path, capsys):
-    root = make_folder(tmp_path / "data")
-    source = datasets.get_source("folder", str(root))
-    assert source.class_names == ("blue", "green", "red")
-    assert (source.num_train, source.num_test) == (18, 9)
-    # One empty class folder: listed; kept as a class when allowed.
-    (root / "train" / "yellow").mkdir()
-    (root / "test" / "yellow").mkdir()
-    err = fails(capsys, "--dataset=folder", f"--data_dir={root}", f"--out={tmp_path / 'run'}")
-    assert "train/yellow" in err and "--allow_empty_classes" in err
-    source = datasets.get_source("folder", str(root), allow_empty_classes=True)
-    assert source.num_classes == 4 and source.num_train == 18
-    shutil.rmtree(root / "train" / "yellow"), shutil.rmtree(root / "test" / "yellow")
-    # A file that does not decode: named; left out and counted when asked.
-    bad = root / "train" / "red" / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    err = fails(capsys, "--dataset=folder", f"--data_dir={root}", f"--out={tmp_path / 'run'}")
-    assert str(bad) in err and "--skip_bad_images" in err
-    source = datasets.get_source("folder", str(root), skip_bad_images=True)
-    assert source.skipped_files == (str(bad),) and source.num_train == 18
-    # Every class folder empty.
-    empty = tmp_path / "empty"
-    for split in ("train", "test"):
-        (empty / split / "cat").mkdir(parents=True)
-    err = fails(capsys, "--dataset=folder", f"--data_dir={empty}", f"--out={tmp_path / 'run'}")
-    assert "no images" in err
 
 
 def test_fine_tune_from_a_weights_file_on_an_image_folder(finished, tmp_path, capsys):
@@ -330,17 +245,6 @@ def test_mixed_bfloat16_training_exports_float32(tmp_path):
     assert model.get_layer("stem_conv0").kernel.dtype == "float32"
 
 
-def test_shapes_dataset_is_deterministic_and_balanced():
-    images, labels = datasets.make_shapes(400, seed=3)
-    again, _ = datasets.make_shapes(400, seed=3)
-    np.testing.assert_array_equal(images, again)
-    assert images.shape == (400, 32, 32, 3) and images.dtype == np.uint8
-    counts = np.bincount(labels, minlength=4)
-    assert counts.min() > 70  # four classes, roughly balanced
-    # Classes differ in shape, not in colour statistics alone.
-    assert images.std() > 30
-
-
 @pytest.mark.slow  # the full 12-epoch demo run
 def test_demo_recipe_learns_the_shapes(tmp_path):
     # The README's main job: 12 epochs reach > 85% test accuracy (measured 92-96%).
@@ -348,47 +252,3 @@ def test_demo_recipe_learns_the_shapes(tmp_path):
     assert summary["eval"]["accuracy"] > 0.85
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["run"]["agc_clipping"] == 0.01
-
-
-@pytest.mark.slow
-def test_kill_9_at_random_moments_across_checkpoint_writes(tmp_path):
-    # Six kills at random times after the first checkpoint, with a checkpoint
-    # after every step: every rerun resumes, the last one finishes with the
-    # uninterrupted run's weights.
-    reference = _start(tmp_path / "reference", "--epochs=4")
-    rng = np.random.default_rng(0)
-    out = tmp_path / "killed"
-    for _ in range(6):
-        proc = _start(out, "--epochs=4")
-        index = out / "checkpoints" / "checkpoint"
-        while not index.exists() and proc.poll() is None:
-            time.sleep(0.02)
-        time.sleep(float(rng.uniform(0.0, 3.0)))
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate(timeout=60)
-        assert "Traceback" not in log, log[-3000:]
-        if (out / "summary.json").exists():
-            break
-    if not (out / "summary.json").exists():
-        _finish(_start(out, "--epochs=4"))
-    _finish(reference)
-    diff = max(float(np.max(np.abs(x - y)))
-               for x, y in zip(_weights(tmp_path / "reference"), _weights(out)))
-    assert diff <= 1e-6
-
-
-def test_eval_shards_are_padded_to_the_same_whole_steps():
-    source = datasets.shapes(num_train=8, num_test=13)
-    config = train.resolve_config(train.parse(["--config=demo"])[0])
-    shards = [
-        list(pipeline.make_eval_dataset(source, config, 2, num_shards=2, shard_index=i,
-                                        batches_per_step=2).as_numpy_iterator())
-        for i in range(2)
-    ]
-    # 7 and 6 examples -> 8 each: two steps of two full batches per worker.
-    assert [len(s) for s in shards] == [4, 4]
-    assert all(images.shape == (2, 32, 32, 3) for s in shards for images, _ in s)
-    labels = np.concatenate([labels for s in shards for _, labels in s])
-    real = labels[labels != pipeline.PADDING_LABEL]
-    _, expected = datasets.make_shapes(13, seed=1)
-    assert sorted(real) == sorted(expected)  # every test example once
