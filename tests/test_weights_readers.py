@@ -3,6 +3,7 @@
 named in one line by the API and by `nfnet-convert`."""
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -44,10 +45,10 @@ def test_pth_with_code_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "name,content,expected",
     [
-        ("random.pth", os.urandom(4000), r"as a PyTorch state dict .*: not a pickle of tensors"),
+        ("random.pth", np.random.default_rng(0).bytes(4000), r"as a PyTorch state dict .*: not a pickle of tensors"),
         ("empty.pth", b"", r"as a PyTorch state dict .*: the file is empty or ends early"),
-        ("random.safetensors", os.urandom(4000), r"as a safetensors file: "),
-        ("random.weights.h5", os.urandom(4000), r"as a Keras \.weights\.h5 \(HDF5\) file"),
+        ("random.safetensors", np.random.default_rng(1).bytes(4000), r"as a safetensors file: "),
+        ("random.weights.h5", np.random.default_rng(2).bytes(4000), r"as a Keras \.weights\.h5 \(HDF5\) file"),
     ],
 )
 def test_unreadable_files_get_one_line_from_the_api_and_the_cli(tmp_path, capsys, name, content, expected):
@@ -59,3 +60,19 @@ def test_unreadable_files_get_one_line_from_the_api_and_the_cli(tmp_path, capsys
     assert cli.main([str(path), "--model", "nfnet_tiny", "--classes", "10", "--out", str(tmp_path / "o.weights.h5")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and name in err and err.startswith("nfnet-convert: error:")
+
+
+def test_any_corrupt_pth_is_named_as_not_a_pickle_of_tensors(tmp_path):
+    # Random bytes reach many branches of torch's unpickler (UnicodeDecodeError,
+    # IndexError, KeyError, ...): each is reported the same way, cause in brackets.
+    from nfnet_keras.weights import readers
+
+    path = tmp_path / "corrupt.pth"
+    for seed in range(300):
+        path.write_bytes(np.random.default_rng(seed).bytes(4000))
+        with pytest.raises(ValueError) as info:
+            readers.read_timm_file(str(path))
+        message = str(info.value)
+        assert len(message.splitlines()) == 1, message
+        assert re.search(r"as a PyTorch state dict .*: (not a pickle of tensors|the file is empty or ends "
+                         r"early)", message), f"seed {seed}: {message}"

@@ -88,7 +88,9 @@ def _torch_reason(error):
         return f"not a pickle of tensors ({match.group(0)})"
     if "Weights only load failed" in text:
         return "not a pickle of tensors"
-    return _first_line(error)
+    # Corrupt bytes fail anywhere in the unpickler (UnicodeDecodeError,
+    # IndexError, KeyError, torch's zip reader, ...).
+    return f"not a pickle of tensors ({type(error).__name__}: {_first_line(error)})"
 
 
 def validate_file(path, kind=None):
