@@ -3,13 +3,17 @@
 `benchmarks.run` starts this module once per framework and round, so that
 TensorFlow's and PyTorch's thread pools never share a process. Prints one
 JSON line: the seconds of every timed call, the first call (trace or compile
-included), the build time and the process's peak resident memory.
+included), the build time, the process's peak resident memory, the device
+and the dtype the network computed in (and, on a GPU, its peak memory).
 
     .venv/bin/python -m benchmarks.measure --framework keras --model nfnet_f0 \
         --size 192 --batch 8 --mode train
+    .venv/bin/python -m benchmarks.measure --framework timm --model nfnet_f0 \
+        --size 256 --batch 64 --mode train --device gpu --precision mixed_bfloat16
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -22,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from nfnet_keras.models import registry  # noqa: E402
+from training.train import PRECISIONS  # noqa: E402
 
 # Frameworks and the modes they are measured in.
 FRAMEWORKS = {
@@ -34,6 +38,13 @@ FRAMEWORKS = {
     "timm": ("infer", "train"),  # the same architecture in timm, AGC in the step
     "keras_applications": ("infer", "train"),  # a keras.applications reference model
 }
+# Frameworks that XLA can compile (`--jit-compile`).
+JIT_FRAMEWORKS = ("keras", "keras_folded", "keras_applications")
+# Exported graphs are float32 whatever the training precision (the exporter's rule).
+FLOAT32_ONLY = ("savedmodel", "savedmodel_folded")
+DEVICES = ("cpu", "gpu")
+# timm's autocast dtype of each Keras policy (timm train.py `--amp-dtype`).
+AUTOCAST_DTYPES = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 NUM_CLASSES = 1000
 AGC_CLIPPING = 0.01  # the paper's clipping factor for batch <= 4096 (reference doc §7)
 LEARNING_RATE = 0.1  # any value: the step's cost does not depend on it
@@ -78,21 +89,36 @@ def _keras_step(args, build):
     import keras
     import tensorflow as tf
 
+    from training.trainer import classifier
+
+    keras.mixed_precision.set_dtype_policy(args.precision)  # before the model is built
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.random((args.batch, args.size, args.size, 3), dtype="float32"))
+    # An op's output lives on the default device (the GPU where there is
+    # one); a tensor made from NumPy stays in host memory and would be
+    # copied to the GPU in every call.
+    x = tf.identity(rng.random((args.batch, args.size, args.size, 3), dtype="float32"))
     started = time.perf_counter()
     model = build()
     build_s = time.perf_counter() - started
+    if args.precision != "float32":
+        # Float32 logits, as the trainer does (Keras's mixed-precision guide).
+        classifier(model).dtype_policy = "float32"
+    info = {"compute_dtype": keras.backend.standardize_dtype(model.layers[-2].output.dtype)}
     if args.mode == "infer":
         infer = tf.function(lambda t: model(t, training=False), jit_compile=args.jit_compile)
-        return build_s, lambda: infer(x).numpy()
-    y = tf.constant(rng.integers(0, NUM_CLASSES, (args.batch,)))
+        return build_s, lambda: infer(x).numpy(), info
+    y = tf.identity(rng.integers(0, NUM_CLASSES, (args.batch,)))
+    # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer
+    # (for an NFModel: around its AGC optimizer).
     model.compile(
         optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=args.jit_compile,
     )
-    return build_s, lambda: model.train_on_batch(x, y)
+    info["optimizer"] = type(model.optimizer).__name__
+    # `train_on_batch` returns the logs as Python floats, read back after the
+    # whole step was queued: it returns when the step is done, on a GPU too.
+    return build_s, lambda: model.train_on_batch(x, y), info
 
 
 def keras_case(args):
@@ -141,9 +167,9 @@ def saved_model_case(args):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     build_s = time.perf_counter() - started
-    x = tf.constant(np.random.default_rng(0).random((args.batch, args.size, args.size, 3),
+    x = tf.identity(np.random.default_rng(0).random((args.batch, args.size, args.size, 3),
                                                     dtype="float32"))
-    return build_s, lambda: serve(images=x)["logits"].numpy()
+    return build_s, lambda: serve(images=x)["logits"].numpy(), {"compute_dtype": "float32"}
 
 
 def timm_case(args):
@@ -157,32 +183,55 @@ def timm_case(args):
     timm_name = get_architecture(args.model).timm_name
     if timm_name is None:
         raise SystemExit(f"timm has no model of {args.model!r}'s network")
+    device = "cuda" if args.device == "gpu" else "cpu"
+    torch.backends.cudnn.benchmark = True  # as timm's train.py sets it
     started = time.perf_counter()
-    model = timm.create_model(timm_name, num_classes=NUM_CLASSES)
+    model = timm.create_model(timm_name, num_classes=NUM_CLASSES).to(device)
     build_s = time.perf_counter() - started
-    x = torch.rand(args.batch, 3, args.size, args.size)
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    dtype = AUTOCAST_DTYPES.get(args.precision)
+
+    def autocast():  # timm train.py `--amp`: forward and loss under autocast
+        return (torch.autocast(device, dtype=getattr(torch, dtype)) if dtype
+                else contextlib.nullcontext())
+
+    def done(logits):  # CUDA runs asynchronously: wait for the queued work
+        if device == "cuda":
+            torch.cuda.synchronize()
+        info["compute_dtype"] = str(logits.dtype).removeprefix("torch.")
+
+    info = {}
     if args.mode == "infer":
         model.eval()
 
         def infer():
-            with torch.inference_mode():
-                model(x)
+            with torch.inference_mode(), autocast():
+                done(model(x))
 
-        return build_s, infer
+        return build_s, infer, info
     model.train()
     head = {id(p) for p in model.get_classifier().parameters()}
     clipped = [p for p in model.parameters() if id(p) not in head]
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM,
                                 nesterov=True)
-    y = torch.randint(0, NUM_CLASSES, (args.batch,))
+    # float16 only: dynamic loss scaling (timm train.py's `NativeScaler`);
+    # disabled, the scaler passes the loss and the step through unchanged.
+    scaler = torch.amp.GradScaler(device, enabled=dtype == "float16")
+    y = torch.randint(0, NUM_CLASSES, (args.batch,), device=device)
 
     def step():
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        with autocast():
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # AGC sees the true gradients
         adaptive_clip_grad(clipped, clip_factor=AGC_CLIPPING)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
+        done(logits)
 
-    return build_s, step
+    return build_s, step, info
 
 
 CASES = {
@@ -196,6 +245,48 @@ CASES = {
 }
 
 
+def library(framework):
+    """The library that runs a framework's measurement."""
+    return "torch" if framework == "timm" else "tensorflow"
+
+
+def gpu_name(name):
+    """The first GPU that library `name` ("tensorflow" or "torch") sees, or None."""
+    if name == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+
+
+def gpu_names(libraries):
+    """{library: the GPU it runs on}; exits with one line where one sees none."""
+    names = {}
+    for name in sorted(set(libraries)):
+        names[name] = gpu_name(name)
+        if names[name] is None:
+            raise SystemExit(
+                f"--device gpu: {name} finds no GPU on this machine (no GPU, no driver, or a "
+                "CPU-only build such as tensorflow-cpu); measure with --device cpu"
+            )
+    return names
+
+
+def _peak_device_mb(framework):
+    if library(framework) == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import tensorflow as tf
+
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framework", required=True, choices=sorted(FRAMEWORKS))
@@ -206,6 +297,10 @@ def main(argv=None):
     parser.add_argument("--mode", choices=("infer", "train"), default="infer")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls, the first included")
     parser.add_argument("--iters", type=int, default=5, help="timed calls")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="the Keras dtype policy; timm: torch.autocast with its dtype")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="gpu: TensorFlow's default placement, CUDA for timm; cpu: GPUs hidden")
     parser.add_argument("--jit-compile", action="store_true",
                         help="TensorFlow frameworks: compile the call or train step with XLA")
     parser.add_argument("--inter-op-threads", type=int, default=0,
@@ -215,20 +310,35 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.mode not in FRAMEWORKS[args.framework]:
         parser.error(f"--framework={args.framework} measures only {FRAMEWORKS[args.framework]}")
-    if args.jit_compile and args.framework not in ("keras", "keras_folded", "keras_applications"):
+    if args.jit_compile and args.framework not in JIT_FRAMEWORKS:
         parser.error(f"--jit-compile applies to Keras models, not --framework={args.framework}")
+    if args.precision != "float32" and args.framework in FLOAT32_ONLY:
+        parser.error(f"--precision: --framework={args.framework} serves a float32 export; "
+                     f"expected --precision float32, received {args.precision}")
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be at least 1")
+    if args.device == "gpu":
+        device = gpu_names([library(args.framework)])[library(args.framework)]
+    else:
+        device = "cpu"
+        if library(args.framework) == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.set_visible_devices([], "GPU")  # before TensorFlow places anything
     if args.inter_op_threads or args.intra_op_threads:
         import tensorflow as tf
 
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
-    build_s, fn = CASES[args.framework](args)
+    build_s, fn, info = CASES[args.framework](args)
     built_rss_mb = _rss_mb()
     first_call_s, times = _time_calls(fn, args.warmup, args.iters)
-    print(json.dumps({"build_s": build_s, "first_call_s": first_call_s, "times": times,
-                      "built_rss_mb": built_rss_mb, "peak_rss_mb": _peak_rss_mb()}))
+    result = {"build_s": build_s, "first_call_s": first_call_s, "times": times,
+              "built_rss_mb": built_rss_mb, "peak_rss_mb": _peak_rss_mb(), "device": device,
+              "precision": args.precision, **info}
+    if args.device == "gpu":
+        result["peak_device_mb"] = _peak_device_mb(args.framework)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ whether TensorFlow runs oneDNN head it.
     .venv/bin/python -m benchmarks.run                      # NFNet-F0, ~20 min on 2 cores
     .venv/bin/python -m benchmarks.run --models nfnet_f0 nfnet_f1 --sizes train test --batches 1 8
     .venv/bin/python -m benchmarks.run --quick              # smoke run of every code path
+    .venv/bin/python -m benchmarks.run --device gpu --precision mixed_bfloat16 \
+        --frameworks keras timm --jit-compile off on --peak-tflops 989   # on a GPU
 
 Writes ``<out>/results.md`` and ``<out>/results.json`` (default
 ``benchmarks/results/``).
@@ -26,7 +28,9 @@ import statistics
 import subprocess
 import sys
 
-from benchmarks.measure import FRAMEWORKS
+from benchmarks.measure import (
+    DEVICES, FLOAT32_ONLY, FRAMEWORKS, JIT_FRAMEWORKS, PRECISIONS, gpu_names, library,
+)
 from nfnet_keras.models import get_architecture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,8 +41,26 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnn
 ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
 # keras.applications references at their native resolutions (keras.io/api/applications).
 REFERENCES = {"EfficientNetB7": 600, "ResNet50": 224}
+DEFAULT_FRAMEWORKS = ["keras", "keras_folded", "savedmodel", "savedmodel_folded", "timm"]
+QUICK_FRAMEWORKS = ["keras", "keras_folded", "savedmodel_folded"]
+# --quick's defaults; flags given on the command line still apply.
 QUICK = dict(models=["nfnet_tiny"], sizes=["32"], batches=[2], rounds=1, warmup=1, iters=2,
-             references=[], frameworks=["keras", "keras_folded", "savedmodel_folded"])
+             references=[])
+# In the table, frameworks compiled by XLA are called e.g. "keras+xla".
+XLA_SUFFIX = "+xla"
+# The registry's `flops` are multiply-accumulates (MACs) of one image at the
+# row's test resolution (deepmind-research README, its `count_flops`:
+# convolutions, SE and the classifier; reference doc §2): 2 FLOPs each.
+FLOPS_PER_MAC = 2
+# A training step counts as 3 forward passes (the backward pass as twice the
+# forward), the convention of model FLOP utilisation in PaLM (Chowdhery et
+# al. 2022, arXiv:2204.02311, appendix B); recomputation (remat) is not
+# counted, so MFU compares implementations of the same model.
+TRAIN_STEP_FORWARDS = 3
+# Setup fields an --append run must share, with their values in tables
+# written before they were recorded.
+SETUP = {"cpu": None, "versions": None, "rounds": None, "warmup": None, "iters": None,
+         "precision": "float32", "device": "cpu", "gpu": {}}
 
 
 def cpu_info():
@@ -65,9 +87,12 @@ def _versions():
     versions = {"python": platform.python_version()}
     for name in ("tensorflow", "keras", "torch", "timm"):
         try:
-            versions[name] = version(name if name != "tensorflow" else "tensorflow-cpu")
-        except PackageNotFoundError:  # reported as missing
-            versions[name] = None
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            try:  # TensorFlow's CPU-only wheel
+                versions[name] = version(f"{name}-cpu")
+            except PackageNotFoundError:  # reported as missing
+                versions[name] = None
     return versions
 
 
@@ -79,15 +104,49 @@ def _resolve_size(model, size):
     return row.train_size if size == "train" else row.test_size
 
 
-def measure(framework, model, size, batch, mode, warmup, iters, timeout):
-    command = [sys.executable, "-m", "benchmarks.measure", "--framework", framework,
-               "--model", model, "--size", str(size), "--batch", str(batch), "--mode", mode,
-               "--warmup", str(warmup), "--iters", str(iters)]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def model_flops(model, size, batch, mode):
+    """The model FLOPs of one call (`infer`) or training step (`train`) of
+    `batch` images of `size` px, from the row's published MACs; None where
+    the row publishes none (test rows, timm's light NFNets) or `model` is
+    not a row (keras.applications references)."""
+    try:
+        row = get_architecture(model)
+    except ValueError:
+        return None
+    if not row.flops:
+        return None
+    # Convolutions scale with the pixel count; the classifier and SE do not,
+    # so this is approximate away from the test size (F0 at 192 px: 6.96
+    # GMACs here, 6.98 from the layer shapes, reference doc §2).
+    forward = FLOPS_PER_MAC * row.flops * (size / row.test_size) ** 2 * batch
+    return forward * (TRAIN_STEP_FORWARDS if mode == "train" else 1)
+
+
+def measure(framework, model, size, batch, mode, args):
+    """One measurement in a fresh process; `framework` may carry the XLA suffix."""
+    jit = framework.endswith(XLA_SUFFIX)
+    command = [sys.executable, "-m", "benchmarks.measure",
+               "--framework", framework.removesuffix(XLA_SUFFIX), "--model", model,
+               "--size", str(size), "--batch", str(batch), "--mode", mode,
+               "--warmup", str(args.warmup), "--iters", str(args.iters),
+               "--precision", args.precision, "--device", args.device] + ["--jit-compile"] * jit
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _with_xla(frameworks, jit_compile):
+    """The frameworks as measured: those XLA compiles once per `jit_compile`
+    setting ("keras", "keras+xla"), the others once."""
+    measured = []
+    for framework in frameworks:
+        if framework in JIT_FRAMEWORKS:
+            measured += [framework + XLA_SUFFIX * (jit == "on") for jit in jit_compile]
+        else:
+            measured.append(framework)
+    return list(dict.fromkeys(measured))
 
 
 def cases(args):
@@ -97,10 +156,12 @@ def cases(args):
                 for mode in args.modes:
                     frameworks = [f for f in args.frameworks if mode in FRAMEWORKS[f]
                                   and (f != "timm" or get_architecture(model).timm_name)]
-                    yield model, _resolve_size(model, size), batch, mode, frameworks
+                    yield (model, _resolve_size(model, size), batch, mode,
+                           _with_xla(frameworks, args.jit_compile))
     for name in args.references:
         for mode in args.modes:
-            yield name, REFERENCES[name], args.batches[-1], mode, ["keras_applications"]
+            yield (name, REFERENCES[name], args.batches[-1], mode,
+                   _with_xla(["keras_applications"], args.jit_compile))
 
 
 def summarise(rounds):
@@ -120,6 +181,8 @@ def summarise(rounds):
             "built_rss_mb": max(run["built_rss_mb"] for run in ok),
             "peak_rss_mb": max(run["peak_rss_mb"] for run in ok),
         }
+        if all("peak_device_mb" in run for run in ok):
+            summary[framework]["peak_device_mb"] = max(run["peak_device_mb"] for run in ok)
     timm = summary.get("timm", {})
     for framework, entry in summary.items():
         if framework != "timm" and "round_medians_s" in entry and "round_medians_s" in timm:
@@ -129,8 +192,23 @@ def summarise(rounds):
     return summary
 
 
+def _precision_note(precision):
+    if precision == "float32":
+        return "float32 (TensorFlow and PyTorch use TF32 in convolutions on GPUs that have it)"
+    dtype = precision.removeprefix("mixed_")
+    scaling = dtype == "float16"
+    return (f"{precision}: the Keras dtype policy ({dtype} compute, float32 variables and logits"
+            f"{', dynamic loss scaling' if scaling else ''}); timm under torch.autocast({dtype})"
+            f"{' with GradScaler' if scaling else ''}, as timm's train script runs `--amp`. "
+            "The SavedModel exports are float32 only and not measured in it")
+
+
 def markdown(report):
     cpu = report["cpu"]
+    device = report.get("device", SETUP["device"])
+    peak = report.get("peak_tflops")
+    gpu = ", ".join(f"{name} ({lib})" for lib, name in report.get("gpu", {}).items())
+    labels = {framework for case in report["cases"] for framework in case["results"]}
     lines = [
         f"# nfnet_keras speed ({report['date']})",
         "",
@@ -139,37 +217,66 @@ def markdown(report):
         f"{'on' if cpu['tensorflow_onednn'] else 'off'}"
         f"{' (TF_ENABLE_ONEDNN_OPTS=' + cpu['TF_ENABLE_ONEDNN_OPTS'] + ')' if cpu['TF_ENABLE_ONEDNN_OPTS'] is not None else ' (default for this CPU)'}.",
         "",
+    ]
+    if device == "gpu":
+        lines += [f"**GPU**: {gpu}; the CPU above only feeds it.", ""]
+    lines += [
+        f"**Device**: {device}. **Precision**: "
+        f"{_precision_note(report.get('precision', SETUP['precision']))}.",
+        "",
         "**Versions**: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
         "",
-        f"float32; {report['rounds']} rounds alternating the frameworks, each a fresh process "
+        f"{report['rounds']} rounds alternating the frameworks, each a fresh process "
         f"with {report['warmup']} untimed and {report['iters']} timed calls. Median over all "
         "timed calls; spread = min-max of the per-round medians; speed vs timm = timm's time / "
         "this time, median of the per-round ratios (per round in brackets). Train steps: "
         "forward, backward, AGC (0.01, head excluded) and SGD with Nesterov momentum, in both "
-        "frameworks. First call includes tracing; RSS built = the process's resident memory "
+        "frameworks. First call includes tracing"
+        f"{' and XLA compilation' if any(l.endswith(XLA_SUFFIX) for l in labels) else ''}; "
+        "RSS built = the process's resident memory "
         "after building the model (and before its first call), peak RSS = the whole process's "
-        "peak; both are the maximum over the rounds.",
-        "",
-        "| model | px | batch | mode | framework | median s/batch | img/s | spread s | "
-        "speed vs timm | first call s | RSS built MB | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak; both are the maximum over the rounds. Model TFLOP/s = the model's FLOPs (2 x the "
+        "published multiply-adds at the test size, scaled by pixels; x3 for a train step) / "
+        "median time; empty where no FLOPs are published.",
     ]
+    if any(label.endswith(XLA_SUFFIX) for label in labels):
+        lines[-1] += (f" `{XLA_SUFFIX}`: the same model with the call or train step compiled by "
+                      "XLA (`jit_compile=True`).")
+    if device == "gpu":
+        lines[-1] += (" Peak GPU MB: TensorFlow's allocator peak (`get_memory_info`), "
+                      "PyTorch's `max_memory_allocated`.")
+    if peak:
+        lines[-1] += (f" MFU = model TFLOP/s / {peak:g} TFLOP/s, the accelerator's dense peak "
+                      "for this precision as given by `--peak-tflops`.")
+    columns = ["model", "px", "batch", "mode", "framework", "median s/batch", "img/s", "spread s",
+               "speed vs timm", "model TFLOP/s"] + ["MFU"] * bool(peak) + [
+               "first call s", "RSS built MB", "peak RSS MB"] + ["peak GPU MB"] * (device == "gpu")
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for case in report["cases"]:
+        flops = model_flops(case["model"], case["size"], case["batch"], case["mode"])
         for framework, entry in case["results"].items():
-            head = f"| {case['model']} | {case['size']} | {case['batch']} | {case['mode']} | {framework} |"
+            cells = [case["model"], case["size"], case["batch"], case["mode"], framework]
             if "error" in entry:
-                lines.append(f"{head} failed: {entry['error']} | | | | | | |")
+                cells += [f"failed: {entry['error']}"] + [""] * (len(columns) - len(cells) - 1)
+                lines.append("| " + " | ".join(map(str, cells)) + " |")
                 continue
-            spread = f"{min(entry['round_medians_s']):.3f}-{max(entry['round_medians_s']):.3f}"
             ratio = ""
             if "speed_vs_timm" in entry:
                 per_round = ", ".join(f"{r:.2f}" for r in entry["speed_vs_timm_rounds"])
                 ratio = f"{entry['speed_vs_timm']:.2f}x ({per_round})"
-            lines.append(
-                f"{head} {entry['median_s']:.3f} | {case['batch'] / entry['median_s']:.2f} | "
-                f"{spread} | {ratio} | {entry['first_call_s']:.1f} | {entry['built_rss_mb']:.0f} | "
-                f"{entry['peak_rss_mb']:.0f} |"
-            )
+            achieved = flops / entry["median_s"] / 1e12 if flops else None
+            cells += [
+                f"{entry['median_s']:.3f}", f"{case['batch'] / entry['median_s']:.2f}",
+                f"{min(entry['round_medians_s']):.3f}-{max(entry['round_medians_s']):.3f}", ratio,
+                "" if achieved is None else f"{achieved:.3g}",
+            ]
+            if peak:
+                cells.append("" if achieved is None else f"{100 * achieved / peak:.1f} %")
+            cells += [f"{entry['first_call_s']:.1f}", f"{entry['built_rss_mb']:.0f}",
+                      f"{entry['peak_rss_mb']:.0f}"]
+            if device == "gpu":
+                cells.append(f"{entry['peak_device_mb']:.0f}" if "peak_device_mb" in entry else "")
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,10 +287,10 @@ def _previous_cases(path, report, parser):
             previous = json.load(f)
     except (OSError, ValueError) as error:
         parser.error(f"--append needs a readable {path}: {error}")
-    for key in ("cpu", "versions", "rounds", "warmup", "iters"):
-        if previous.get(key) != report[key]:
+    for key, default in SETUP.items():
+        if previous.get(key, default) != report[key]:
             parser.error(f"--append: {path} was measured with another {key} "
-                         f"({previous.get(key)!r}, now {report[key]!r})")
+                         f"({previous.get(key, default)!r}, now {report[key]!r})")
     return previous["cases"]
 
 
@@ -194,15 +301,26 @@ def main(argv=None):
                         help="'train', 'test' (the row's resolutions) or pixels")
     parser.add_argument("--batches", nargs="+", type=int, default=[8])
     parser.add_argument("--modes", nargs="+", choices=("infer", "train"), default=["infer", "train"])
-    parser.add_argument("--frameworks", nargs="+", default=["keras", "keras_folded", "savedmodel",
-                                                            "savedmodel_folded", "timm"],
-                        choices=sorted(set(FRAMEWORKS) - {"keras_applications"}))
+    parser.add_argument("--frameworks", nargs="+",
+                        choices=sorted(set(FRAMEWORKS) - {"keras_applications"}),
+                        help=f"default: {' '.join(DEFAULT_FRAMEWORKS)} (--quick: "
+                             f"{' '.join(QUICK_FRAMEWORKS)}), the SavedModels in float32 only")
     parser.add_argument("--references", nargs="*", default=sorted(REFERENCES),
                         choices=sorted(REFERENCES), help="keras.applications models to add")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="the Keras dtype policy; timm runs under torch.autocast of its dtype")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="gpu: TensorFlow's default placement, CUDA for timm; cpu: GPUs hidden")
+    parser.add_argument("--jit-compile", nargs="+", choices=("off", "on"), default=["off"],
+                        help="XLA for the Keras models: off, on, or both ('off on': keras and "
+                             "keras+xla rows)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the accelerator's dense peak TFLOP/s at --precision: adds model FLOP "
+                             "utilisation (MFU) to the table")
     parser.add_argument("--quick", action="store_true",
                         help="a seconds-long smoke run of every code path (tiny model); no speed claim")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
@@ -211,24 +329,36 @@ def main(argv=None):
                              "of replacing it: a table measured in several runs")
     args = parser.parse_args(argv)
     if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    float32_only = [f for f in args.frameworks or () if f in FLOAT32_ONLY]
+    if args.precision != "float32" and float32_only:
+        parser.error(f"--frameworks: {' '.join(float32_only)} serve float32 exports; expected "
+                     f"--precision float32 for them, received {args.precision}")
+    if args.frameworks is None:
+        args.frameworks = [f for f in (QUICK_FRAMEWORKS if args.quick else DEFAULT_FRAMEWORKS)
+                           if args.precision == "float32" or f not in FLOAT32_ONLY]
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        parser.error(f"--peak-tflops must be a positive number. Received: {args.peak_tflops}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     for size in args.sizes:
         if size not in ("train", "test") and not size.isdigit():
             parser.error(f"--sizes takes 'train', 'test' or pixels. Received: {size!r}")
 
+    libraries = [library(f) for f in args.frameworks] + ["tensorflow"] * bool(args.references)
+    gpu = gpu_names(libraries) if args.device == "gpu" else {}  # one line and out without a GPU
     report = {"date": datetime.date.today().isoformat(), "cpu": cpu_info(), "versions": _versions(),
-              "rounds": args.rounds, "warmup": args.warmup, "iters": args.iters, "cases": []}
+              "rounds": args.rounds, "warmup": args.warmup, "iters": args.iters,
+              "precision": args.precision, "device": args.device, "gpu": gpu,
+              "peak_tflops": args.peak_tflops, "cases": []}
     if args.append:
         report["cases"] = _previous_cases(os.path.join(args.out, "results.json"), report, parser)
     for model, size, batch, mode, frameworks in cases(args):
         rounds = {framework: [] for framework in frameworks}
         for index in range(args.rounds):
             for framework in frameworks if index % 2 == 0 else frameworks[::-1]:
-                run = measure(framework, model, size, batch, mode, args.warmup, args.iters,
-                              args.timeout)
+                run = measure(framework, model, size, batch, mode, args)
                 rounds[framework].append(run)
                 print(f"{model} {size}px b{batch} {mode} {framework} round {index + 1}: "
                       f"{run.get('error') or statistics.median(run['times'])}", flush=True)
