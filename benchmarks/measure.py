@@ -272,7 +272,7 @@ def gpu_names(libraries):
         if names[name] is None:
             raise SystemExit(
                 f"--device gpu: {name} finds no GPU on this machine (no GPU, no driver, or a "
-                "CPU-only build such as tensorflow-cpu); measure with --device cpu"
+                f"CPU-only build of {name}); measure with --device cpu"
             )
     return names
 
