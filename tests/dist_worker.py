@@ -8,9 +8,6 @@ Modes:
   mirrored        1 device vs MirroredStrategy on 2 logical CPUs: same
                   weights after 3 fit steps with AGC active; plus the same
                   run with the clipping done per replica (must differ).
-                  Every mode runs the hand-built NF model (fast to trace);
-                  the trainer's multi-worker test in test_distributed.py
-                  runs the tiny NFNet.
   mirrored_fp16   mixed_float16 + loss scaling, 2 replicas, an overflow on
                   replica 1 only: the step must be skipped everywhere.
   mwms INDEX      one worker of a 2-process MultiWorkerMirroredStrategy
@@ -18,6 +15,10 @@ Modes:
                   from a minimal loop (Keras 3.15 `fit` does not run under
                   this strategy, env-findings §4).
   single          the 1-device reference of the mwms run.
+
+Every mode runs the hand-built NF model of `small_nf_model` (fast to
+trace); the trainer's multi-worker test in test_distributed.py runs the
+tiny NFNet.
 """
 
 import json
