@@ -23,6 +23,11 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# JAX takes GPU memory as it needs it, as PyTorch does, rather than 75 % of
+# the card when its client starts (JAX's default): `benchmarks.run`, which
+# imports this module, would otherwise hold that memory once it asked JAX for
+# the GPU's name, while the measurements run in other processes.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import numpy as np  # noqa: E402
 
@@ -37,11 +42,14 @@ FRAMEWORKS = {
     "savedmodel_folded": ("infer",),  # the --fold export, reloaded
     "timm": ("infer", "train"),  # the same architecture in timm, AGC in the step
     "keras_applications": ("infer", "train"),  # a keras.applications reference model
+    "keras_jax": ("infer", "train"),  # the Keras model on Keras's JAX backend (always XLA)
 }
 # Frameworks that XLA can compile (`--jit-compile`).
 JIT_FRAMEWORKS = ("keras", "keras_folded", "keras_applications")
 # Exported graphs are float32 whatever the training precision (the exporter's rule).
 FLOAT32_ONLY = ("savedmodel", "savedmodel_folded")
+# The JAX step has no loss scaling, which float16 needs.
+NO_FLOAT16 = ("keras_jax",)
 DEVICES = ("cpu", "gpu")
 # timm's autocast dtype of each Keras policy (timm train.py `--amp-dtype`).
 AUTOCAST_DTYPES = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
@@ -149,6 +157,95 @@ def keras_applications_case(args):
     return _keras_step(args, build)
 
 
+def jax_train_step(model, optimizer):
+    """NFModel's training step as one stateless, jitted JAX function.
+
+    Forward, sparse cross-entropy on the logits, backward, `adaptive_clip`
+    of every trainable variable but those the model's AGC leaves out (the
+    classifier's kernel), then `optimizer`. Returns `(step, state)`:
+    `state = step(state, x, y)` takes one step, `state[-1]` is its loss and
+    `assign(model, optimizer, state)` writes the state back. The step takes
+    over (donates) the buffers of the state it is given, the model's
+    variables' included.
+    """
+    import jax
+    import keras
+
+    from nfnet_keras import adaptive_clip
+
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer.build(model.trainable_variables)
+    excluded = {id(v) for v in model._agc_excluded_variables()}
+    clipped = [id(v) not in excluded for v in model.trainable_variables]
+
+    def loss_of(trainable, non_trainable, x, y):
+        logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_fn(y, logits), non_trainable
+
+    gradient_of = jax.value_and_grad(loss_of, has_aux=True)
+
+    def step(trainable, non_trainable, optimizer_state, x, y):
+        (loss, non_trainable), grads = gradient_of(trainable, non_trainable, x, y)
+        grads = [adaptive_clip(g, w, model.agc_clipping, model.agc_eps) if clip else g
+                 for g, w, clip in zip(grads, trainable, clipped)]
+        trainable, optimizer_state = optimizer.stateless_apply(optimizer_state, grads, trainable)
+        return trainable, non_trainable, optimizer_state, loss
+
+    state = ([v.value for v in model.trainable_variables],
+             [v.value for v in model.non_trainable_variables],
+             [v.value for v in optimizer.variables], None)
+    jitted = jax.jit(step, donate_argnums=(0, 1, 2))
+    return (lambda state, x, y: jitted(*state[:3], x, y)), state
+
+
+def assign(model, optimizer, state):
+    """Writes a `jax_train_step` state back into the model and optimizer."""
+    trainable, non_trainable, optimizer_state, _ = state
+    for variables, values in ((model.trainable_variables, trainable),
+                              (model.non_trainable_variables, non_trainable),
+                              (optimizer.variables, optimizer_state)):
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+
+
+def keras_jax_case(args):
+    import jax
+    import keras
+
+    import nfnet_keras
+    from nfnet_keras.agc import classifier_layers
+
+    keras.mixed_precision.set_dtype_policy(args.precision)  # before the model is built
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.random((args.batch, args.size, args.size, 3), dtype="float32"))
+    started = time.perf_counter()
+    model = nfnet_keras.get_model(
+        args.model, weights=None, input_shape=(args.size, args.size, 3),
+        classifier_activation=None, agc_clipping=AGC_CLIPPING,
+    )
+    _nonzero_skip_gains(model)
+    build_s = time.perf_counter() - started
+    if args.precision != "float32":
+        for head in classifier_layers(model):  # float32 logits, as the trainer does
+            head.dtype_policy = "float32"
+    info = {"compute_dtype": keras.backend.standardize_dtype(model.layers[-2].output.dtype)}
+    if args.mode == "infer":
+        infer = jax.jit(lambda t, n, images: model.stateless_call(t, n, images, training=False)[0])
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        return build_s, lambda: infer(trainable, non_trainable, x).block_until_ready(), info
+    y = jax.device_put(rng.integers(0, NUM_CLASSES, (args.batch,)))
+    step, state = jax_train_step(
+        model, keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True))
+
+    def train():
+        nonlocal state
+        state = step(state, x, y)
+        state[-1].block_until_ready()
+
+    return build_s, train, info
+
+
 def saved_model_case(args):
     import tensorflow as tf
 
@@ -242,20 +339,28 @@ CASES = {
     "savedmodel_folded": saved_model_case,
     "timm": timm_case,
     "keras_applications": keras_applications_case,
+    "keras_jax": keras_jax_case,
 }
 
 
 def library(framework):
     """The library that runs a framework's measurement."""
-    return "torch" if framework == "timm" else "tensorflow"
+    return {"timm": "torch", "keras_jax": "jax"}.get(framework, "tensorflow")
 
 
 def gpu_name(name):
-    """The first GPU that library `name` ("tensorflow" or "torch") sees, or None."""
+    """The first GPU that library `name` ("tensorflow", "torch" or "jax") sees, or None."""
     if name == "torch":
         import torch
 
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    if name == "jax":
+        import jax
+
+        try:
+            return jax.devices("gpu")[0].device_kind
+        except RuntimeError:  # "Unknown backend: 'gpu' requested, but no platforms ..."
+            return None
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -282,6 +387,10 @@ def _peak_device_mb(framework):
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
+    if library(framework) == "jax":
+        import jax
+
+        return jax.devices("gpu")[0].memory_stats()["peak_bytes_in_use"] / 2**20
     import tensorflow as tf
 
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
@@ -315,16 +424,27 @@ def main(argv=None):
     if args.precision != "float32" and args.framework in FLOAT32_ONLY:
         parser.error(f"--precision: --framework={args.framework} serves a float32 export; "
                      f"expected --precision float32, received {args.precision}")
+    if args.precision == "mixed_float16" and args.framework in NO_FLOAT16:
+        parser.error(f"--precision: --framework={args.framework} has no loss scaling; expected "
+                     "float32 or mixed_bfloat16, received mixed_float16")
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be at least 1")
+    # Before Keras is imported: the backend that runs a Keras framework
+    # (timm's measurement uses Keras only to look up the row).
+    if library(args.framework) != "torch":
+        os.environ["KERAS_BACKEND"] = library(args.framework)
+    if library(args.framework) == "jax":
+        if args.device == "cpu":  # before JAX is imported: its CPU client alone
+            os.environ["JAX_PLATFORMS"] = "cpu"
     if args.device == "gpu":
         device = gpu_names([library(args.framework)])[library(args.framework)]
+    elif library(args.framework) == "tensorflow":
+        device = "cpu"
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")  # before TensorFlow places anything
     else:
         device = "cpu"
-        if library(args.framework) == "tensorflow":
-            import tensorflow as tf
-
-            tf.config.set_visible_devices([], "GPU")  # before TensorFlow places anything
     if args.inter_op_threads or args.intra_op_threads:
         import tensorflow as tf
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 
 from benchmarks.measure import (
-    DEVICES, FLOAT32_ONLY, FRAMEWORKS, JIT_FRAMEWORKS, PRECISIONS, gpu_names, library,
+    DEVICES, FLOAT32_ONLY, FRAMEWORKS, JIT_FRAMEWORKS, NO_FLOAT16, PRECISIONS, gpu_names, library,
 )
 from nfnet_keras.models import get_architecture
 
@@ -85,7 +85,7 @@ def cpu_info():
 
 def _versions():
     versions = {"python": platform.python_version()}
-    for name in ("tensorflow", "keras", "torch", "timm"):
+    for name in ("tensorflow", "keras", "jax", "torch", "timm"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
@@ -194,7 +194,7 @@ def summarise(rounds):
 
 def _precision_note(precision):
     if precision == "float32":
-        return "float32 (TensorFlow and PyTorch use TF32 in convolutions on GPUs that have it)"
+        return "float32 (TensorFlow, JAX and PyTorch use TF32 in convolutions on GPUs that have it)"
     dtype = precision.removeprefix("mixed_")
     scaling = dtype == "float16"
     return (f"{precision}: the Keras dtype policy ({dtype} compute, float32 variables and logits"
@@ -242,9 +242,14 @@ def markdown(report):
     if any(label.endswith(XLA_SUFFIX) for label in labels):
         lines[-1] += (f" `{XLA_SUFFIX}`: the same model with the call or train step compiled by "
                       "XLA (`jit_compile=True`).")
+    if "keras_jax" in labels:
+        lines[-1] += (" `keras_jax`: the same Keras model on Keras's JAX backend, its call or "
+                      "train step one jitted XLA program; the train step "
+                      "(`benchmarks.measure.jax_train_step`) is tested equal to NFModel's "
+                      "TensorFlow step.")
     if device == "gpu":
         lines[-1] += (" Peak GPU MB: TensorFlow's allocator peak (`get_memory_info`), "
-                      "PyTorch's `max_memory_allocated`.")
+                      "PyTorch's `max_memory_allocated`, JAX's `peak_bytes_in_use`.")
     if peak:
         lines[-1] += (f" MFU = model TFLOP/s / {peak:g} TFLOP/s, the accelerator's dense peak "
                       "for this precision as given by `--peak-tflops`.")
@@ -338,6 +343,10 @@ def main(argv=None):
     if args.frameworks is None:
         args.frameworks = [f for f in (QUICK_FRAMEWORKS if args.quick else DEFAULT_FRAMEWORKS)
                            if args.precision == "float32" or f not in FLOAT32_ONLY]
+    no_float16 = [f for f in args.frameworks if f in NO_FLOAT16]
+    if args.precision == "mixed_float16" and no_float16:
+        parser.error(f"--frameworks: no loss scaling in {' '.join(no_float16)}; expected "
+                     "--precision float32 or mixed_bfloat16 for them, received mixed_float16")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         parser.error(f"--peak-tflops must be a positive number. Received: {args.peak_tflops}")
     if args.rounds < 1:
@@ -364,14 +373,20 @@ def main(argv=None):
                       f"{run.get('error') or statistics.median(run['times'])}", flush=True)
         report["cases"].append({"model": model, "size": size, "batch": batch, "mode": mode,
                                 "results": summarise(rounds), "raw": rounds})
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    table = markdown(report)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table)
+        table = write(report, args.out)  # after each case: a stopped run keeps what it measured
     print(table)
     return report
+
+
+def write(report, out):
+    """Writes `<out>/results.json` and `<out>/results.md`; returns the table."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    table = markdown(report)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table)
+    return table
 
 
 if __name__ == "__main__":
