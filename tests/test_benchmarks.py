@@ -1,6 +1,7 @@
 """The benchmark runs end to end and reports what it claims; no speed is asserted."""
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -148,10 +149,22 @@ def test_float32_exports_and_missing_gpus_are_refused_before_building(monkeypatc
         measure.main(["--framework", "savedmodel", "--model", "nfnet_tiny", "--size", "32",
                       "--batch", "2", "--precision", "mixed_float16"])
     assert "--precision: --framework=savedmodel serves a float32 export" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        measure.main(["--framework", "keras_jax", "--model", "nfnet_tiny", "--size", "32",
+                      "--batch", "2", "--precision", "mixed_float16"])
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "--precision: --framework=keras_jax has no loss scaling; expected float32 or "
+        "mixed_bfloat16, received mixed_float16")
     if measure.gpu_name("tensorflow") or measure.gpu_name("torch"):
         pytest.skip("this machine has a GPU")
     monkeypatch.setattr(measure, "CASES", {})  # building anything would fail with a KeyError
-    for framework, name in (("keras", "tensorflow"), ("timm", "torch")):
+    # measure.main sets the backend's variables for the process it runs in.
+    monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "tensorflow"))
+    monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", ""))
+    frameworks = [("keras", "tensorflow"), ("timm", "torch")]
+    if importlib.util.find_spec("jax"):
+        frameworks.append(("keras_jax", "jax"))
+    for framework, name in frameworks:
         with pytest.raises(SystemExit) as exit_info:
             measure.main(["--framework", framework, "--model", "nfnet_f0", "--size", "32",
                           "--batch", "2", "--device", "gpu"])
