@@ -130,6 +130,27 @@ def test_a_stopped_run_keeps_the_cases_it_measured(monkeypatch, tmp_path):
     assert "| nfnet_tiny | 32 | 2 | infer | keras | 0.500 |" in (tmp_path / "results.md").read_text()
 
 
+def test_failed_measurements_say_why_in_one_line(monkeypatch):
+    # PyTorch's C++ errors end the output with their backtrace.
+    torch_error = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                   "RuntimeError: Tried to register an operator (torchvision::nms) twice\n"
+                   "Exception raised from registerDef at register.cpp:1 (most recent call first):\n"
+                   "frame #0: c10::Error::Error() + 0x9\nframe #62: _PyEval_EvalFrameDefault\n")
+    assert run.error_line(torch_error) == (
+        "RuntimeError: Tried to register an operator (torchvision::nms) twice")
+    assert run.error_line("I0000 log line\n--device gpu: jax finds no GPU\n") == (
+        "--device gpu: jax finds no GPU")
+    assert run.error_line("") == "no output"
+
+    def too_slow(*args, **kwargs):
+        raise subprocess.TimeoutExpired(args[0], kwargs["timeout"])
+
+    monkeypatch.setattr(run.subprocess, "run", too_slow)
+    args = argparse.Namespace(warmup=1, iters=1, precision="float32", device="cpu", timeout=7)
+    assert run.measure("keras", "nfnet_tiny", 32, 2, "infer", args) == {
+        "error": "timed out after 7 s (--timeout)"}
+
+
 def test_xla_rows_only_for_what_xla_compiles():
     assert run._with_xla(["keras", "timm", "keras_remat"], ["off", "on"]) == [
         "keras", "keras+xla", "timm", "keras_remat"]
