@@ -14,6 +14,7 @@ and the dtype the network computed in (and, on a GPU, its peak memory).
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import resource
@@ -429,6 +430,9 @@ def main(argv=None):
                      "float32 or mixed_bfloat16, received mixed_float16")
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be at least 1")
+    if library(args.framework) == "jax" and importlib.util.find_spec("jax") is None:
+        raise SystemExit(f"--framework {args.framework} runs Keras's JAX backend, and JAX is not "
+                         'installed: pip install "nfnet_keras[jax]" (or a CUDA build of jax)')
     # Before Keras is imported: the backend that runs a Keras framework
     # (timm's measurement uses Keras only to look up the row).
     if library(args.framework) != "torch":

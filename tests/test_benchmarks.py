@@ -112,6 +112,17 @@ def test_gpu_table_has_device_precision_and_model_flop_utilisation():
     assert rows[0]["model TFLOP/s"] == "238"
 
 
+def test_keras_jax_without_a_gpu_says_so_in_one_line(jax_env):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", "--framework", "keras_jax",
+                           "--model", "nfnet_tiny", "--size", "32", "--batch", "2", "--device",
+                           "gpu"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=jax_env)  # JAX_PLATFORMS=cpu: JAX sees no GPU
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "--device gpu: jax finds no GPU on this machine (no GPU, no driver, or a CPU-only build "
+        "of jax); measure with --device cpu")
+
+
 def test_a_stopped_run_keeps_the_cases_it_measured(monkeypatch, tmp_path):
     # A run stopped by a time limit (a `timeout` around it, a lease ending)
     # must leave the table of every case it finished.
@@ -179,13 +190,15 @@ def test_float32_exports_and_missing_gpus_are_refused_before_building(monkeypatc
     if measure.gpu_name("tensorflow") or measure.gpu_name("torch"):
         pytest.skip("this machine has a GPU")
     monkeypatch.setattr(measure, "CASES", {})  # building anything would fail with a KeyError
-    # measure.main sets the backend's variables for the process it runs in.
+    # measure.main sets the backend's variable for the process it runs in.
     monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "tensorflow"))
-    monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", ""))
-    frameworks = [("keras", "tensorflow"), ("timm", "torch")]
-    if importlib.util.find_spec("jax"):
-        frameworks.append(("keras_jax", "jax"))
-    for framework, name in frameworks:
+    if importlib.util.find_spec("jax") is None:  # the suite's own process has none
+        with pytest.raises(SystemExit) as exit_info:
+            measure.main(["--framework", "keras_jax", "--model", "nfnet_f0", "--size", "32",
+                          "--batch", "2"])
+        assert str(exit_info.value).startswith("--framework keras_jax runs Keras's JAX backend, "
+                                               "and JAX is not installed")
+    for framework, name in (("keras", "tensorflow"), ("timm", "torch")):
         with pytest.raises(SystemExit) as exit_info:
             measure.main(["--framework", framework, "--model", "nfnet_f0", "--size", "32",
                           "--batch", "2", "--device", "gpu"])
@@ -302,11 +315,10 @@ np.savez(sys.argv[3], x=x, y=y)
 """
 
 
-def test_jax_train_step_takes_the_tensorflow_step(tmp_path):
+def test_jax_train_step_takes_the_tensorflow_step(tmp_path, jax_env):
     # The keras_jax rows time `measure.jax_train_step`; two of its steps on
     # Keras's JAX backend must leave the weights that two of NFModel's
     # TensorFlow steps (AGC in its optimizer) leave from the same start.
-    pytest.importorskip("jax")
     import keras
 
     import nfnet_keras
@@ -314,8 +326,7 @@ def test_jax_train_step_takes_the_tensorflow_step(tmp_path):
     start, end, data = (str(tmp_path / name) for name in
                         ("start.weights.h5", "end.weights.h5", "data.npz"))
     proc = subprocess.run([sys.executable, "-c", JAX_STEPS, start, end, data], cwd=REPO,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+                          capture_output=True, text=True, timeout=300, env=jax_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     model = nfnet_keras.get_model("nfnet_tiny", weights=None, input_shape=(32, 32, 3),
                                   classifier_activation=None, agc_clipping=0.01,
