@@ -131,6 +131,8 @@ def measure(framework, model, size, batch, mode, args):
                "--size", str(size), "--batch", str(batch), "--mode", mode,
                "--warmup", str(args.warmup), "--iters", str(args.iters),
                "--precision", args.precision, "--device", args.device] + ["--jit-compile"] * jit
+    if framework == "timm":  # so that timm's process imports neither Keras nor TensorFlow
+        command += ["--timm-name", get_architecture(model).timm_name]
     try:
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                               timeout=args.timeout)

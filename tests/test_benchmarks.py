@@ -278,11 +278,26 @@ def test_keras_train_step_under_mixed_float16_scales_the_loss():
     assert np.all(np.isfinite(step()))  # the loss and the AGC metrics
 
 
+def test_timm_process_holds_neither_keras_nor_tensorflow():
+    # Its peak memory is compared with ours: TensorFlow's libraries alone
+    # would add about 400 MB to it.
+    script = ("import runpy, sys\n"
+              "sys.argv = ['measure', '--framework', 'timm', '--timm-name', 'nf_regnet_b0',"
+              " '--model', 'timm_nf_regnet_b0', '--size', '32', '--batch', '2']\n"
+              "runpy.run_module('benchmarks.measure', run_name='__main__')\n"
+              "print(sorted({'keras', 'tensorflow'} & set(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured, imported = proc.stdout.strip().splitlines()[-2:]
+    assert json.loads(measured)["times"] and imported == "[]"
+
+
 @pytest.mark.parametrize("precision, dtype", [("mixed_bfloat16", "bfloat16"),
                                               ("mixed_float16", "float16")])
 def test_timm_train_step_under_autocast(precision, dtype):
-    args = argparse.Namespace(model="timm_nf_regnet_b0", size=32, batch=2, mode="train",
-                              precision=precision, device="cpu")
+    args = argparse.Namespace(model="timm_nf_regnet_b0", timm_name=None, size=32, batch=2,
+                              mode="train", precision=precision, device="cpu")
     _, step, info = measure.timm_case(args)
     step()
     step()
