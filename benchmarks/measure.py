@@ -96,38 +96,66 @@ def _nonzero_skip_gains(model):
 
 def _keras_step(args, build):
     import keras
-    import tensorflow as tf
 
-    from training.trainer import classifier
+    from nfnet_keras.agc import classifier_layers
 
     keras.mixed_precision.set_dtype_policy(args.precision)  # before the model is built
     rng = np.random.default_rng(0)
-    # An op's output lives on the default device (the GPU where there is
-    # one); a tensor made from NumPy stays in host memory and would be
-    # copied to the GPU in every call.
-    x = tf.identity(rng.random((args.batch, args.size, args.size, 3), dtype="float32"))
+    x = _on_device(rng.random((args.batch, args.size, args.size, 3), dtype="float32"))
     started = time.perf_counter()
     model = build()
     build_s = time.perf_counter() - started
     if args.precision != "float32":
-        # Float32 logits, as the trainer does (Keras's mixed-precision guide).
-        classifier(model).dtype_policy = "float32"
+        for head in classifier_layers(model):
+            # Float32 logits, as the trainer does (Keras's mixed-precision guide).
+            head.dtype_policy = "float32"
     info = {"compute_dtype": keras.backend.standardize_dtype(model.layers[-2].output.dtype)}
+    # JAX runs every step as one XLA program (Keras's JAX trainer jits it).
+    jit_compile = args.jit_compile or keras.backend.backend() == "jax"
     if args.mode == "infer":
-        infer = tf.function(lambda t: model(t, training=False), jit_compile=args.jit_compile)
-        return build_s, lambda: infer(x).numpy(), info
-    y = tf.identity(rng.integers(0, NUM_CLASSES, (args.batch,)))
+        return build_s, _inference(model, x, jit_compile), info
+    y = _on_device(rng.integers(0, NUM_CLASSES, (args.batch,)))
     # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer
     # (for an NFModel: around its AGC optimizer).
     model.compile(
         optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=args.jit_compile,
+        jit_compile=jit_compile,
     )
     info["optimizer"] = type(model.optimizer).__name__
     # `train_on_batch` returns the logs as Python floats, read back after the
     # whole step was queued: it returns when the step is done, on a GPU too.
     return build_s, lambda: model.train_on_batch(x, y), info
+
+
+def _on_device(array):
+    """`array` on the backend's default device (the GPU where there is one)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # An op's output lives on the default device; a tensor made from
+        # NumPy stays in host memory and would be copied in every call.
+        return tf.identity(array)
+    return keras.ops.convert_to_tensor(array)
+
+
+def _inference(model, x, jit_compile):
+    """A call of `model` on `x` that returns when the result is on the host."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        infer = tf.function(lambda t: model(t, training=False), jit_compile=jit_compile)
+        return lambda: infer(x).numpy()
+    import jax
+
+    infer = jax.jit(lambda t, n, images: model.stateless_call(t, n, images, training=False)[0])
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    return lambda: np.asarray(infer(trainable, non_trainable, x))
 
 
 def keras_case(args):
@@ -156,95 +184,6 @@ def keras_applications_case(args):
                            classifier_activation=None)
 
     return _keras_step(args, build)
-
-
-def jax_train_step(model, optimizer):
-    """NFModel's training step as one stateless, jitted JAX function.
-
-    Forward, sparse cross-entropy on the logits, backward, `adaptive_clip`
-    of every trainable variable but those the model's AGC leaves out (the
-    classifier's kernel), then `optimizer`. Returns `(step, state)`:
-    `state = step(state, x, y)` takes one step, `state[-1]` is its loss and
-    `assign(model, optimizer, state)` writes the state back. The step takes
-    over (donates) the buffers of the state it is given, the model's
-    variables' included.
-    """
-    import jax
-    import keras
-
-    from nfnet_keras import adaptive_clip
-
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer.build(model.trainable_variables)
-    excluded = {id(v) for v in model._agc_excluded_variables()}
-    clipped = [id(v) not in excluded for v in model.trainable_variables]
-
-    def loss_of(trainable, non_trainable, x, y):
-        logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
-        return loss_fn(y, logits), non_trainable
-
-    gradient_of = jax.value_and_grad(loss_of, has_aux=True)
-
-    def step(trainable, non_trainable, optimizer_state, x, y):
-        (loss, non_trainable), grads = gradient_of(trainable, non_trainable, x, y)
-        grads = [adaptive_clip(g, w, model.agc_clipping, model.agc_eps) if clip else g
-                 for g, w, clip in zip(grads, trainable, clipped)]
-        trainable, optimizer_state = optimizer.stateless_apply(optimizer_state, grads, trainable)
-        return trainable, non_trainable, optimizer_state, loss
-
-    state = ([v.value for v in model.trainable_variables],
-             [v.value for v in model.non_trainable_variables],
-             [v.value for v in optimizer.variables], None)
-    jitted = jax.jit(step, donate_argnums=(0, 1, 2))
-    return (lambda state, x, y: jitted(*state[:3], x, y)), state
-
-
-def assign(model, optimizer, state):
-    """Writes a `jax_train_step` state back into the model and optimizer."""
-    trainable, non_trainable, optimizer_state, _ = state
-    for variables, values in ((model.trainable_variables, trainable),
-                              (model.non_trainable_variables, non_trainable),
-                              (optimizer.variables, optimizer_state)):
-        for variable, value in zip(variables, values):
-            variable.assign(value)
-
-
-def keras_jax_case(args):
-    import jax
-    import keras
-
-    import nfnet_keras
-    from nfnet_keras.agc import classifier_layers
-
-    keras.mixed_precision.set_dtype_policy(args.precision)  # before the model is built
-    rng = np.random.default_rng(0)
-    x = jax.device_put(rng.random((args.batch, args.size, args.size, 3), dtype="float32"))
-    started = time.perf_counter()
-    model = nfnet_keras.get_model(
-        args.model, weights=None, input_shape=(args.size, args.size, 3),
-        classifier_activation=None, agc_clipping=AGC_CLIPPING,
-    )
-    _nonzero_skip_gains(model)
-    build_s = time.perf_counter() - started
-    if args.precision != "float32":
-        for head in classifier_layers(model):  # float32 logits, as the trainer does
-            head.dtype_policy = "float32"
-    info = {"compute_dtype": keras.backend.standardize_dtype(model.layers[-2].output.dtype)}
-    if args.mode == "infer":
-        infer = jax.jit(lambda t, n, images: model.stateless_call(t, n, images, training=False)[0])
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
-        return build_s, lambda: infer(trainable, non_trainable, x).block_until_ready(), info
-    y = jax.device_put(rng.integers(0, NUM_CLASSES, (args.batch,)))
-    step, state = jax_train_step(
-        model, keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True))
-
-    def train():
-        nonlocal state
-        state = step(state, x, y)
-        state[-1].block_until_ready()
-
-    return build_s, train, info
 
 
 def saved_model_case(args):
@@ -348,7 +287,7 @@ CASES = {
     "savedmodel_folded": saved_model_case,
     "timm": timm_case,
     "keras_applications": keras_applications_case,
-    "keras_jax": keras_jax_case,
+    "keras_jax": keras_case,
 }
 
 

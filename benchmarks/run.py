@@ -263,9 +263,7 @@ def markdown(report):
                       "XLA (`jit_compile=True`).")
     if "keras_jax" in labels:
         lines[-1] += (" `keras_jax`: the same Keras model on Keras's JAX backend, its call or "
-                      "train step one jitted XLA program; the train step "
-                      "(`benchmarks.measure.jax_train_step`) is tested equal to NFModel's "
-                      "TensorFlow step.")
+                      "NFModel's train step one jitted XLA program.")
     if device == "gpu":
         lines[-1] += (" Peak GPU MB: TensorFlow's allocator peak (`get_memory_info`), "
                       "PyTorch's `max_memory_allocated`, JAX's `peak_bytes_in_use`.")

@@ -304,61 +304,14 @@ def test_timm_train_step_under_autocast(precision, dtype):
     assert info == {"compute_dtype": dtype}
 
 
-JAX_STEPS = """
-import sys
-import numpy as np
-import keras
-from benchmarks import measure
-import nfnet_keras
-
-keras.utils.set_random_seed(0)
-model = nfnet_keras.get_model("nfnet_tiny", weights=None, input_shape=(32, 32, 3),
-                              classifier_activation=None, agc_clipping=0.01,
-                              dropout_rate=0.0, stochastic_depth_rate=0.0)
-measure._nonzero_skip_gains(model)
-model.save_weights(sys.argv[1])
-rng = np.random.default_rng(1)
-x = rng.normal(size=(4, 32, 32, 3)).astype("float32")
-y = rng.integers(0, 1000, (4,))
-optimizer = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
-step, state = measure.jax_train_step(model, optimizer)
-for _ in range(2):
-    state = step(state, x, y)
-measure.assign(model, optimizer, state)
-model.save_weights(sys.argv[2])
-np.savez(sys.argv[3], x=x, y=y)
-"""
-
-
-def test_jax_train_step_takes_the_tensorflow_step(tmp_path, jax_env):
-    # The keras_jax rows time `measure.jax_train_step`; two of its steps on
-    # Keras's JAX backend must leave the weights that two of NFModel's
-    # TensorFlow steps (AGC in its optimizer) leave from the same start.
-    import keras
-
-    import nfnet_keras
-
-    start, end, data = (str(tmp_path / name) for name in
-                        ("start.weights.h5", "end.weights.h5", "data.npz"))
-    proc = subprocess.run([sys.executable, "-c", JAX_STEPS, start, end, data], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=jax_env)
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_keras_jax_measures_the_model_and_nfmodel_step_on_jax(mode, jax_env):
+    # NFModel's own step on Keras's JAX backend (AGC in its optimizer), in bfloat16.
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", "--framework", "keras_jax",
+                           "--model", "nfnet_tiny", "--size", "32", "--batch", "2", "--mode", mode,
+                           "--precision", "mixed_bfloat16", "--warmup", "1", "--iters", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=jax_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    model = nfnet_keras.get_model("nfnet_tiny", weights=None, input_shape=(32, 32, 3),
-                                  classifier_activation=None, agc_clipping=0.01,
-                                  dropout_rate=0.0, stochastic_depth_rate=0.0)  # no random masks
-    model.load_weights(start)
-    before = [v.numpy() for v in model.trainable_variables]
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    arrays = np.load(data)
-    clip_fractions = [model.train_on_batch(arrays["x"], arrays["y"], return_dict=True)
-                      ["agc_clip_fraction"] for _ in range(2)]
-    assert min(clip_fractions) > 0  # AGC clipped some units in both steps
-    tensorflow_end = [v.numpy() for v in model.trainable_variables]
-    model.load_weights(end)
-    jax_end = [v.numpy() for v in model.trainable_variables]
-    for variable, b, t, j in zip(model.trainable_variables, before, tensorflow_end, jax_end):
-        update = np.abs(t - b).max()
-        assert update > 0, variable.path
-        # Equal up to float32 rounding of the two backends' kernels.
-        assert np.abs(j - t).max() <= 1e-3 * update, variable.path
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert measured["compute_dtype"] == "bfloat16" and len(measured["times"]) == 2
+    assert measured.get("optimizer") == ("AGCOptimizer" if mode == "train" else None)
