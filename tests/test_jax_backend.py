@@ -23,9 +23,12 @@ STEPS = 3
 # (`tests/test_benchmarks.py` found <= 1e-3 for this model; without AGC on
 # one side the difference is ~30 % of the update).
 RTOL_UPDATE = 1e-3
-# mixed_bfloat16: bfloat16 keeps 8 significant bits (2^-8 = 0.4 %), and the
-# two backends round different intermediate values.
-RTOL_UPDATE_BF16 = 5e-2
+# mixed_bfloat16: bfloat16 keeps 8 significant bits (2^-8 = 0.4 % per
+# rounding), and the two backends round different intermediate values; over
+# the six steps the weights differed by 4 % of the update, the gradient norm
+# by 0.4 %.
+RTOL_UPDATE_BF16 = 0.1
+RTOL_GRAD_NORM_BF16 = 1e-2
 
 
 def tiny_nfnet(start=None, agc_clipping=0.01):
@@ -47,14 +50,14 @@ def tiny_nfnet(start=None, agc_clipping=0.01):
     return model
 
 
-def dense_nfmodel(start=None, **optimizer_kwargs):
+def dense_nfmodel(start=None, agc_clipping=0.002, **optimizer_kwargs):
     """A two-layer NFModel (hidden layer, `predictions` head), compiled."""
     from nfnet_keras import NFModel
 
     inputs = keras.Input((6,))
     hidden = keras.layers.Dense(5, activation="tanh", name="hidden")(inputs)
     outputs = keras.layers.Dense(3, name="predictions")(hidden)
-    model = NFModel(inputs, outputs, agc_clipping=0.002)
+    model = NFModel(inputs, outputs, agc_clipping=agc_clipping)
     if start is not None:
         model.load_weights(start)
     model.compile(optimizer=keras.optimizers.SGD(0.5, **optimizer_kwargs),
@@ -123,18 +126,19 @@ def jax_side(directory):
 
     assert keras.backend.backend() == "jax"
     results = {
-        "agc": agc_steps(directory, 0.01),
-        "off": agc_steps(directory, None),
         "accumulation": accumulation_steps(directory),
         "bfloat16": accumulation_steps(directory, "mixed_bfloat16"),
     }
-    # `fit` on a tiny learnable problem (the 4 images, 8 times over).
-    data = np.load(os.path.join(directory, "data.npz"))
-    model = tiny_nfnet(os.path.join(directory, "tiny.weights.h5"), 0.01)
-    before = model.evaluate(data["x"], data["y"], verbose=0, return_dict=True)
-    history = model.fit(np.repeat(data["x"], 8, axis=0), np.repeat(data["y"], 8), batch_size=4,
-                        epochs=1, verbose=0).history
-    after = model.evaluate(data["x"], data["y"], verbose=0, return_dict=True)
+    results["agc"] = agc_steps(directory, 0.01)
+    # `fit`, one epoch, on a tiny learnable problem: the class is the index of
+    # the largest of the first three inputs.
+    x = np.random.default_rng(2).normal(size=(256, 6)).astype("float32")
+    y = np.argmax(x[:, :3], axis=1)
+    model = dense_nfmodel(os.path.join(directory, "dense.weights.h5"), agc_clipping=0.01,
+                          momentum=0.9)
+    before = model.evaluate(x, y, verbose=0, return_dict=True)
+    history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
+    after = model.evaluate(x, y, verbose=0, return_dict=True)
     # The trained model's optimizer state round trip through `.keras`.
     path = os.path.join(directory, "fitted.keras")
     model.save(path)
@@ -171,8 +175,11 @@ def jax_side(directory):
 @pytest.fixture(scope="module")
 def sides(tmp_path_factory):
     """The results of the same steps on JAX (subprocess) and on TensorFlow."""
-    pytest.importorskip("jax")
     from conftest import randomize
+
+    jax_site = os.path.join(REPO, ".venv", "jax-backend")
+    if not os.path.isdir(os.path.join(jax_site, "jax")):
+        pytest.skip(f"JAX is not installed in {jax_site} (bash install.sh test)")
 
     directory = str(tmp_path_factory.mktemp("jax_backend"))
     # Random weights: skip gains start at 0 and would hide most gradients.
@@ -189,12 +196,17 @@ def sides(tmp_path_factory):
         dense_y=rng.integers(0, 3, (6, 4)),
     )
     code = "import sys; sys.path.insert(1, 'tests'); import test_jax_backend as t; t.jax_side(sys.argv[1])"
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": jax_site,
+           # LLVM's optimisation of XLA's CPU code takes half of the tiny
+           # NFNet step's compile time (33 s -> 16 s on 2 cores); it does not
+           # change what is computed (no fast-math on XLA:CPU by default).
+           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     jax_process = subprocess.Popen([sys.executable, "-c", code, directory], cwd=REPO, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # The TensorFlow side runs meanwhile.
     tensorflow = {
         "agc": agc_steps(directory, 0.01),
+        "off": agc_steps(directory, None),
         "accumulation": accumulation_steps(directory),
         "bfloat16": accumulation_steps(directory, "mixed_bfloat16"),
     }
@@ -224,20 +236,17 @@ def test_jax_steps_leave_the_tensorflow_weights(sides):
     assert min(jax["agc"]["agc_clip_fraction"]) > 0
     ratio = worst_update_ratio(tensorflow["start"], jax["agc"]["weights"], tensorflow["agc"]["weights"])
     assert ratio <= RTOL_UPDATE, ratio
-    # The tolerance tells AGC from none: JAX without it misses TensorFlow's weights.
-    ratio_off = worst_update_ratio(tensorflow["start"], jax["off"]["weights"], tensorflow["agc"]["weights"])
+    # The tolerance tells AGC from none: TensorFlow without it misses JAX's weights.
+    ratio_off = worst_update_ratio(tensorflow["start"], tensorflow["off"]["weights"], jax["agc"]["weights"])
     assert ratio_off > 30 * RTOL_UPDATE, ratio_off
 
 
 def test_jax_metrics_equal_tensorflow_metrics(sides):
     jax, tensorflow = sides
     np.testing.assert_allclose(jax["agc"]["agc_clip_fraction"], tensorflow["agc"]["agc_clip_fraction"], atol=1e-6)
-    np.testing.assert_allclose(jax["agc"]["grad_norm"], tensorflow["agc"]["grad_norm"], rtol=1e-4)
+    np.testing.assert_allclose(jax["agc"]["grad_norm"], tensorflow["agc"]["grad_norm"], rtol=1e-5)
     np.testing.assert_allclose(jax["agc"]["loss"], tensorflow["agc"]["loss"], rtol=1e-5)
     assert jax["agc"]["skipped_steps"] == tensorflow["agc"]["skipped_steps"] == [0.0] * STEPS
-    # agc_clipping=None: no clipping, no clip fraction, the same grad_norm in step 1.
-    assert "agc_clip_fraction" not in jax["off"] or max(jax["off"]["agc_clip_fraction"]) == 0
-    assert jax["off"]["grad_norm"][0] == pytest.approx(tensorflow["agc"]["grad_norm"][0], rel=1e-4)
 
 
 def test_jax_skips_a_non_finite_step(sides):
@@ -251,7 +260,8 @@ def test_jax_skips_a_non_finite_step(sides):
 
 def test_jax_accumulation_and_ema_take_the_tensorflow_steps(sides):
     jax, tensorflow = sides
-    for case, rtol in (("accumulation", RTOL_UPDATE), ("bfloat16", RTOL_UPDATE_BF16)):
+    for case, rtol, rtol_norm in (("accumulation", RTOL_UPDATE, 1e-5),
+                                  ("bfloat16", RTOL_UPDATE_BF16, RTOL_GRAD_NORM_BF16)):
         j, t = jax[case], tensorflow[case]
         assert max(t["agc_clip_fraction"]) > 0, case
         ratio = worst_update_ratio(tensorflow["dense_start"], j["weights"], t["weights"])
@@ -259,7 +269,7 @@ def test_jax_accumulation_and_ema_take_the_tensorflow_steps(sides):
         ratio = worst_update_ratio(tensorflow["dense_start"], j["ema"], t["ema"])
         assert ratio <= rtol, (case, ratio)
         np.testing.assert_allclose(j["agc_clip_fraction"], t["agc_clip_fraction"], atol=1e-6)
-        np.testing.assert_allclose(j["grad_norm"], t["grad_norm"], rtol=10 * rtol)
+        np.testing.assert_allclose(j["grad_norm"], t["grad_norm"], rtol=rtol_norm)
 
 
 def test_jax_fit_lowers_the_loss_and_saves_the_optimizer_state(sides):
