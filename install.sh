@@ -2,7 +2,8 @@
 # Creates .venv and installs nfnet_keras into it, with the tested versions
 # of constraints.txt.
 #   bash install.sh         library (CPU TensorFlow) + trainer + export (hub) dependencies
-#   bash install.sh test    the same, plus the test-only oracle (CPU torch + timm)
+#   bash install.sh test    the same, plus the test-only oracle (CPU torch + timm) and,
+#                           in .venv/jax-backend, JAX (CPU) for the JAX-backend tests
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -16,4 +17,12 @@ EXTRAS="cpu,train,hub,convert"
 # tf-keras; installed with their dependencies they would put a second
 # TensorFlow on top of tensorflow-cpu. Both work without them.
 "$PIP" install -q -c constraints.txt --no-deps tf-keras tensorflow-hub 2>&1 | grep -v "^WARNING: Location" || true
+# JAX, for the tests that run Keras's JAX backend, in a folder of its own
+# that only their subprocesses put on PYTHONPATH: TensorFlow imports JAX
+# whenever it can (tensorflow/lite/python/util.py), which adds ~120 MB of
+# memory and ~1 s of start-up to every TensorFlow process.
+if [ "${1:-}" = "test" ]; then
+  "$PIP" install -q -c constraints.txt --no-deps --upgrade --target .venv/jax-backend \
+    jax jaxlib opt_einsum 2>&1 | grep -v "^WARNING: Location" || true
+fi
 .venv/bin/python -c "import nfnet_keras, keras; print('nfnet_keras', nfnet_keras.__version__, 'keras', keras.__version__)"

@@ -14,6 +14,7 @@ and the dtype the network computed in (and, on a GPU, its peak memory).
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import resource
@@ -269,17 +270,25 @@ def saved_model_case(args):
     return build_s, lambda: serve(images=x)["logits"].numpy(), {}
 
 
+def timm_name_of(model):
+    """timm's name of a package model's network (looked up through Keras)."""
+    from nfnet_keras.models import get_architecture
+
+    timm_name = get_architecture(model).timm_name
+    if timm_name is None:
+        raise SystemExit(f"timm has no model of {model!r}'s network")
+    return timm_name
+
+
 def timm_case(args):
+    timm_name = args.timm_name or timm_name_of(args.model)
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from _timm import timm, torch  # the test-only oracle, with its import shim
+    # The test-only oracle, with its import shim; no Keras or TensorFlow in
+    # this process, whose memory is timm's.
+    from _timm_import import timm, torch
     from timm.utils.agc import adaptive_clip_grad
 
     torch.set_num_threads(os.cpu_count())
-    from nfnet_keras.models import get_architecture
-
-    timm_name = get_architecture(args.model).timm_name
-    if timm_name is None:
-        raise SystemExit(f"timm has no model of {args.model!r}'s network")
     device = "cuda" if args.device == "gpu" else "cpu"
     torch.backends.cudnn.benchmark = True  # as timm's train.py sets it
     started = time.perf_counter()
@@ -401,6 +410,8 @@ def main(argv=None):
     parser.add_argument("--framework", required=True, choices=sorted(FRAMEWORKS))
     parser.add_argument("--model", required=True,
                         help="a package model name, or a keras.applications name")
+    parser.add_argument("--timm-name",
+                        help="timm: timm's model name (default: the row's, looked up through Keras)")
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--mode", choices=("infer", "train"), default="infer")
@@ -429,6 +440,9 @@ def main(argv=None):
                      "float32 or mixed_bfloat16, received mixed_float16")
     if args.warmup < 1 or args.iters < 1:
         parser.error("--warmup and --iters must be at least 1")
+    if library(args.framework) == "jax" and importlib.util.find_spec("jax") is None:
+        raise SystemExit(f"--framework {args.framework} runs Keras's JAX backend, and JAX is not "
+                         'installed: pip install "nfnet_keras[jax]" (or a CUDA build of jax)')
     # Before Keras is imported: the backend that runs a Keras framework
     # (timm's measurement uses Keras only to look up the row).
     if library(args.framework) != "torch":

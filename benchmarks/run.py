@@ -24,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -130,11 +131,29 @@ def measure(framework, model, size, batch, mode, args):
                "--size", str(size), "--batch", str(batch), "--mode", mode,
                "--warmup", str(args.warmup), "--iters", str(args.iters),
                "--precision", args.precision, "--device", args.device] + ["--jit-compile"] * jit
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.timeout)
+    if framework == "timm":  # so that timm's process imports neither Keras nor TensorFlow
+        command += ["--timm-name", get_architecture(model).timm_name]
+    try:
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                              timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout} s (--timeout)"}
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0]}
+        return {"error": error_line(proc.stderr or proc.stdout)}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# A C++ backtrace that PyTorch appends to an exception's message (c10::Error).
+_BACKTRACE_LINE = re.compile(r"^(frame #\d+: |Exception raised from )")
+
+
+def error_line(output):
+    """The line that says why a measurement failed: the last line, before
+    any C++ backtrace that ends the output."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    while len(lines) > 1 and _BACKTRACE_LINE.match(lines[-1]):
+        lines.pop()
+    return lines[-1] if lines else "no output"
 
 
 def _with_xla(frameworks, jit_compile):

@@ -28,6 +28,21 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.name not in LONG_MODULES)  # stable: keeps the rest
 
 
+# JAX for the subprocesses that run Keras's JAX backend (install.sh puts it
+# there, out of the way of TensorFlow, which imports JAX whenever it can).
+JAX_SITE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        ".venv", "jax-backend")
+
+
+@pytest.fixture
+def jax_env():
+    """The environment of a subprocess on Keras's JAX backend, on the CPU."""
+    if not os.path.isdir(os.path.join(JAX_SITE, "jax")):
+        pytest.skip(f"JAX is not installed in {JAX_SITE} (bash install.sh test)")
+    path = os.pathsep.join(p for p in (JAX_SITE, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
+
+
 def randomize(model, seed=0):
     """Non-trivial values for every weight of a Keras model (skip gains start
     at zero, gains at one, biases at zero: left as they are they hide bugs)."""

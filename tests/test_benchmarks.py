@@ -1,6 +1,7 @@
 """The benchmark runs end to end and reports what it claims; no speed is asserted."""
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -111,6 +112,17 @@ def test_gpu_table_has_device_precision_and_model_flop_utilisation():
     assert rows[0]["model TFLOP/s"] == "238"
 
 
+def test_keras_jax_without_a_gpu_says_so_in_one_line(jax_env):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", "--framework", "keras_jax",
+                           "--model", "nfnet_tiny", "--size", "32", "--batch", "2", "--device",
+                           "gpu"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=jax_env)  # JAX_PLATFORMS=cpu: JAX sees no GPU
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "--device gpu: jax finds no GPU on this machine (no GPU, no driver, or a CPU-only build "
+        "of jax); measure with --device cpu")
+
+
 def test_a_stopped_run_keeps_the_cases_it_measured(monkeypatch, tmp_path):
     # A run stopped by a time limit (a `timeout` around it, a lease ending)
     # must leave the table of every case it finished.
@@ -127,6 +139,27 @@ def test_a_stopped_run_keeps_the_cases_it_measured(monkeypatch, tmp_path):
     [case] = json.loads((tmp_path / "results.json").read_text())["cases"]
     assert (case["mode"], case["results"]["keras"]["median_s"]) == ("infer", 0.5)
     assert "| nfnet_tiny | 32 | 2 | infer | keras | 0.500 |" in (tmp_path / "results.md").read_text()
+
+
+def test_failed_measurements_say_why_in_one_line(monkeypatch):
+    # PyTorch's C++ errors end the output with their backtrace.
+    torch_error = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                   "RuntimeError: Tried to register an operator (torchvision::nms) twice\n"
+                   "Exception raised from registerDef at register.cpp:1 (most recent call first):\n"
+                   "frame #0: c10::Error::Error() + 0x9\nframe #62: _PyEval_EvalFrameDefault\n")
+    assert run.error_line(torch_error) == (
+        "RuntimeError: Tried to register an operator (torchvision::nms) twice")
+    assert run.error_line("I0000 log line\n--device gpu: jax finds no GPU\n") == (
+        "--device gpu: jax finds no GPU")
+    assert run.error_line("") == "no output"
+
+    def too_slow(*args, **kwargs):
+        raise subprocess.TimeoutExpired(args[0], kwargs["timeout"])
+
+    monkeypatch.setattr(run.subprocess, "run", too_slow)
+    args = argparse.Namespace(warmup=1, iters=1, precision="float32", device="cpu", timeout=7)
+    assert run.measure("keras", "nfnet_tiny", 32, 2, "infer", args) == {
+        "error": "timed out after 7 s (--timeout)"}
 
 
 def test_xla_rows_only_for_what_xla_compiles():
@@ -148,9 +181,23 @@ def test_float32_exports_and_missing_gpus_are_refused_before_building(monkeypatc
         measure.main(["--framework", "savedmodel", "--model", "nfnet_tiny", "--size", "32",
                       "--batch", "2", "--precision", "mixed_float16"])
     assert "--precision: --framework=savedmodel serves a float32 export" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        measure.main(["--framework", "keras_jax", "--model", "nfnet_tiny", "--size", "32",
+                      "--batch", "2", "--precision", "mixed_float16"])
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "--precision: --framework=keras_jax has no loss scaling; expected float32 or "
+        "mixed_bfloat16, received mixed_float16")
     if measure.gpu_name("tensorflow") or measure.gpu_name("torch"):
         pytest.skip("this machine has a GPU")
     monkeypatch.setattr(measure, "CASES", {})  # building anything would fail with a KeyError
+    # measure.main sets the backend's variable for the process it runs in.
+    monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "tensorflow"))
+    if importlib.util.find_spec("jax") is None:  # the suite's own process has none
+        with pytest.raises(SystemExit) as exit_info:
+            measure.main(["--framework", "keras_jax", "--model", "nfnet_f0", "--size", "32",
+                          "--batch", "2"])
+        assert str(exit_info.value).startswith("--framework keras_jax runs Keras's JAX backend, "
+                                               "and JAX is not installed")
     for framework, name in (("keras", "tensorflow"), ("timm", "torch")):
         with pytest.raises(SystemExit) as exit_info:
             measure.main(["--framework", framework, "--model", "nfnet_f0", "--size", "32",
@@ -231,11 +278,26 @@ def test_keras_train_step_under_mixed_float16_scales_the_loss():
     assert np.all(np.isfinite(step()))  # the loss and the AGC metrics
 
 
+def test_timm_process_holds_neither_keras_nor_tensorflow():
+    # Its peak memory is compared with ours: TensorFlow's libraries alone
+    # would add about 400 MB to it.
+    script = ("import runpy, sys\n"
+              "sys.argv = ['measure', '--framework', 'timm', '--timm-name', 'nf_regnet_b0',"
+              " '--model', 'timm_nf_regnet_b0', '--size', '32', '--batch', '2']\n"
+              "runpy.run_module('benchmarks.measure', run_name='__main__')\n"
+              "print(sorted({'keras', 'tensorflow'} & set(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured, imported = proc.stdout.strip().splitlines()[-2:]
+    assert json.loads(measured)["times"] and imported == "[]"
+
+
 @pytest.mark.parametrize("precision, dtype", [("mixed_bfloat16", "bfloat16"),
                                               ("mixed_float16", "float16")])
 def test_timm_train_step_under_autocast(precision, dtype):
-    args = argparse.Namespace(model="timm_nf_regnet_b0", size=32, batch=2, mode="train",
-                              precision=precision, device="cpu")
+    args = argparse.Namespace(model="timm_nf_regnet_b0", timm_name=None, size=32, batch=2,
+                              mode="train", precision=precision, device="cpu")
     _, step, info = measure.timm_case(args)
     step()
     step()
@@ -268,11 +330,10 @@ np.savez(sys.argv[3], x=x, y=y)
 """
 
 
-def test_jax_train_step_takes_the_tensorflow_step(tmp_path):
+def test_jax_train_step_takes_the_tensorflow_step(tmp_path, jax_env):
     # The keras_jax rows time `measure.jax_train_step`; two of its steps on
     # Keras's JAX backend must leave the weights that two of NFModel's
     # TensorFlow steps (AGC in its optimizer) leave from the same start.
-    pytest.importorskip("jax")
     import keras
 
     import nfnet_keras
@@ -280,8 +341,7 @@ def test_jax_train_step_takes_the_tensorflow_step(tmp_path):
     start, end, data = (str(tmp_path / name) for name in
                         ("start.weights.h5", "end.weights.h5", "data.npz"))
     proc = subprocess.run([sys.executable, "-c", JAX_STEPS, start, end, data], cwd=REPO,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+                          capture_output=True, text=True, timeout=300, env=jax_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     model = nfnet_keras.get_model("nfnet_tiny", weights=None, input_shape=(32, 32, 3),
                                   classifier_activation=None, agc_clipping=0.01,
