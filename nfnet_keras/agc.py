@@ -9,9 +9,10 @@ the norm of the matching unit of the weights:
     G_i <- G_i * clipping * ||W_i||* / ||G_i||   if ||G_i|| > clipping * ||W_i||*
 
 The pure functions `unitwise_norm` and `adaptive_clip` hold the maths;
-`NFModel` is a functional `keras.Model` whose `fit` applies it to the
+`NFModel` is a functional `keras.Model` whose `fit` (and `train_on_batch`)
+applies it on Keras's TensorFlow and JAX backends: on TensorFlow to the
 gradient of the *global* batch under any `tf.distribute` strategy, with or
-without loss scaling.
+without loss scaling; on JAX on one device, in float32 or mixed_bfloat16.
 
 Where the clipping sits (TensorFlow backend). Keras 3 sums gradients across
 replicas inside `optimizer.apply()` (`TFOptimizer._backend_update_step` ->
@@ -27,6 +28,20 @@ it is given in an `AGCOptimizer` (inside a `LossScaleOptimizer`, as Keras
 wraps one for mixed precision) whose `update_step` applies AGC and then the
 given optimizer's own update (momentum, weight decay, ...) -- the order of
 deepmind-research `nfnets/optim.py` `SGD_AGC` (reference doc §7.4).
+
+JAX backend. Keras's JAX trainer runs a stateless, jitted step: the
+gradient of the whole batch, then `optimizer.stateless_apply`, which runs
+the same `AGCOptimizer.apply` pipeline inside a `keras.StatelessScope` and
+returns the new values of the optimizer's `variables`. The per-variable
+AGC statistics are therefore among those variables on JAX (not saved with
+the optimizer's state), and the optimizer's conditional updates (gradient
+accumulation, EMA overwrite) select values instead of branching
+(`_assign_cond`). `NFModel`'s JAX step adds the non-finite guard and the
+metrics of the TensorFlow step. Two settings are refused on JAX with an
+error: loss scaling (`mixed_float16`), since Keras's `LossScaleOptimizer`
+saves the wrapped optimizer's `variables` whole, AGC statistics included,
+and its saved state would not load back into a new model; and a
+`keras.distribution`, untested.
 """
 
 import contextlib
@@ -208,7 +223,7 @@ def adaptive_clip(gradients, variables, clipping=DEFAULT_CLIPPING, eps=DEFAULT_E
 
 
 # ---------------------------------------------------------------------------
-# Training with AGC (TensorFlow backend).
+# Training with AGC (TensorFlow and JAX backends).
 # ---------------------------------------------------------------------------
 
 
@@ -578,7 +593,11 @@ class NFModel(keras.Model):
     `get_config`, so a saved `.keras` model trains the same way after
     `keras.models.load_model`; they can also be passed to `compile`.
 
-    The training step (TensorFlow backend) also
+    `fit` and `train_on_batch` train with AGC on Keras's TensorFlow backend
+    (any `tf.distribute` strategy, any dtype policy) and on its JAX backend
+    (one device; dtype policy float32 or mixed_bfloat16: loss scaling and
+    `keras.distribution` are refused there with an error). The training
+    step also
 
     * skips the update when any gradient of any replica is not finite: the
       optimizer is not called, so weights, optimizer state, iterations and
@@ -900,7 +919,8 @@ class NFModel(keras.Model):
                 metric.reset_state()
 
     def train_step(self, *args):
-        """The stock Keras step with a global non-finite guard and AGC metrics."""
+        """The stock Keras step (of the TensorFlow or JAX backend) with a
+        global non-finite guard and AGC metrics."""
         if keras.backend.backend() == "jax":
             return self._jax_train_step(*args)
         return self._tf_train_step(*args)
@@ -944,16 +964,20 @@ class NFModel(keras.Model):
         unscaled_loss, y_pred, non_trainable, metrics_values = aux
         # One device sees the whole batch's gradient (no replicas to agree).
         finite = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in gradients]))
-        applied = self.optimizer.stateless_apply(optimizer_values, gradients, trainable)
-        # Skipped unless finite: the old values are kept, optimizer state included.
-        trainable, optimizer_values = (
-            [ops.where(finite, new, old) for new, old in zip(new_values, old_values)]
-            for new_values, old_values in zip(applied, (trainable, optimizer_values))
+        new_trainable, new_optimizer = self.optimizer.stateless_apply(
+            optimizer_values, gradients, trainable
         )
+        # Skipped unless finite: the old values are kept, optimizer state included.
+        trainable = [ops.where(finite, new, old) for new, old in zip(new_trainable, trainable)]
+        optimizer_values = [
+            ops.where(finite, new, old) for new, old in zip(new_optimizer, optimizer_values)
+        ]
         logs, metrics_values = self._update_metrics_variables(
             metrics_values, unscaled_loss, x, y, y_pred, sample_weight
         )
         agc_state = self._agc_state
+        if agc_state is None:  # only if train_step is driven by hand
+            return logs, (trainable, non_trainable, optimizer_values, metrics_values)
         stats = next(
             value for variable, value in zip(self.optimizer.variables, optimizer_values)
             if variable is agc_state.stats
