@@ -12,7 +12,8 @@ The pure functions `unitwise_norm` and `adaptive_clip` hold the maths;
 `NFModel` is a functional `keras.Model` whose `fit` (and `train_on_batch`)
 applies it on Keras's TensorFlow and JAX backends: on TensorFlow to the
 gradient of the *global* batch under any `tf.distribute` strategy, with or
-without loss scaling; on JAX on one device, in float32 or mixed_bfloat16.
+without loss scaling; on JAX on one device or under
+`keras.distribution.DataParallel`, in float32 or mixed_bfloat16.
 
 Where the clipping sits (TensorFlow backend). Keras 3 sums gradients across
 replicas inside `optimizer.apply()` (`TFOptimizer._backend_update_step` ->
@@ -30,9 +31,11 @@ given optimizer's own update (momentum, weight decay, ...) -- the order of
 deepmind-research `nfnets/optim.py` `SGD_AGC` (reference doc §7.4).
 
 JAX backend. Keras's JAX trainer runs a stateless, jitted step: the
-gradient of the whole batch, then `optimizer.stateless_apply`, which runs
-the same `AGCOptimizer.apply` pipeline inside a `keras.StatelessScope` and
-returns the new values of the optimizer's `variables`. The per-variable
+gradient of the whole batch (one global array, also when a `DataParallel`
+distribution shards the batch over devices), then
+`optimizer.stateless_apply`, which runs the same `AGCOptimizer.apply`
+pipeline inside a `keras.StatelessScope` and returns the new values of the
+optimizer's `variables`. The per-variable
 AGC statistics are therefore among those variables on JAX (not saved with
 the optimizer's state), and the optimizer's conditional updates (gradient
 accumulation, EMA overwrite) select values instead of branching
@@ -40,8 +43,8 @@ accumulation, EMA overwrite) select values instead of branching
 metrics of the TensorFlow step. Two settings are refused on JAX with an
 error: loss scaling (`mixed_float16`), since Keras's `LossScaleOptimizer`
 saves the wrapped optimizer's `variables` whole, AGC statistics included,
-and its saved state would not load back into a new model; and a
-`keras.distribution`, untested.
+and its saved state would not load back into a new model; and the
+distributions other than `DataParallel` (untested).
 """
 
 import contextlib
@@ -595,9 +598,9 @@ class NFModel(keras.Model):
 
     `fit` and `train_on_batch` train with AGC on Keras's TensorFlow backend
     (any `tf.distribute` strategy, any dtype policy) and on its JAX backend
-    (one device; dtype policy float32 or mixed_bfloat16: loss scaling and
-    `keras.distribution` are refused there with an error). The training
-    step also
+    (one device or `keras.distribution.DataParallel`; dtype policy float32
+    or mixed_bfloat16: loss scaling and other distributions are refused
+    there with an error). The training step also
 
     * skips the update when any gradient of any replica is not finite: the
       optimizer is not called, so weights, optimizer state, iterations and
@@ -894,11 +897,14 @@ class NFModel(keras.Model):
                 f"(dtype policy {self.dtype_policy.name!r}, or a LossScaleOptimizer): use the "
                 "dtype policy 'float32' or 'mixed_bfloat16' there, or the TensorFlow backend."
             )
-        if keras.distribution.distribution() is not None:
+        distribution = keras.distribution.distribution()
+        if distribution is not None and not isinstance(
+            distribution, keras.distribution.DataParallel
+        ):
             raise ValueError(
-                f"NFModel '{self.name}' cannot train under a `keras.distribution` on the JAX "
-                "backend; train it on one device there, or with tf.distribute on the "
-                "TensorFlow backend."
+                f"NFModel '{self.name}' trains on the JAX backend on one device or under "
+                "`keras.distribution.DataParallel`, not under the distribution "
+                f"{type(distribution).__name__}."
             )
 
     @property
@@ -962,7 +968,7 @@ class NFModel(keras.Model):
                 training=True, optimizer_variables=optimizer_values,
             )
         unscaled_loss, y_pred, non_trainable, metrics_values = aux
-        # One device sees the whole batch's gradient (no replicas to agree).
+        # The whole batch's gradient, also under `DataParallel` (no replicas to agree).
         finite = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in gradients]))
         new_trainable, new_optimizer = self.optimizer.stateless_apply(
             optimizer_values, gradients, trainable

@@ -128,6 +128,13 @@ def jax_side(directory):
         "accumulation": accumulation_steps(directory),
         "bfloat16": accumulation_steps(directory, "mixed_bfloat16"),
     }
+    # Each batch split over the 2 devices of this process (`sides`).
+    assert len(keras.distribution.list_devices()) == 2
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    try:
+        results["data_parallel"] = accumulation_steps(directory)
+    finally:
+        keras.distribution.set_distribution(None)
     results["agc"] = agc_steps(directory, 0.01)
     # `fit`, one epoch, on a tiny learnable problem: the class is the index of
     # the largest of the first three inputs.
@@ -160,12 +167,18 @@ def jax_side(directory):
         finally:
             keras.mixed_precision.set_dtype_policy("float32")
 
-    def distributed():
-        keras.distribution.set_distribution(keras.distribution.DataParallel())
+    def model_parallel():
+        mesh = keras.distribution.DeviceMesh((2,), ["model"])
+        layout_map = keras.distribution.LayoutMap(mesh)
+        layout_map["hidden/kernel"] = ("model", None)  # 6 inputs over 2 devices
+        keras.distribution.set_distribution(keras.distribution.ModelParallel(layout_map=layout_map))
         return dense_nfmodel()
 
-    results["refusals"] = {"mixed_float16": refusal(float16), "distribution": refusal(distributed)}
-    keras.distribution.set_distribution(None)
+    try:
+        results["refusals"] = {"mixed_float16": refusal(float16),
+                               "distribution": refusal(model_parallel)}
+    finally:
+        keras.distribution.set_distribution(None)
     with open(os.path.join(directory, "jax.json"), "w") as f:
         json.dump(results, f, default=lambda a: np.asarray(a).tolist())
 
@@ -194,7 +207,8 @@ def sides(tmp_path_factory, jax_env):
            # LLVM's optimisation of XLA's CPU code takes half of the tiny
            # NFNet step's compile time (33 s -> 16 s on 2 cores); it does not
            # change what is computed (no fast-math on XLA:CPU by default).
-           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+           # Two CPU devices, for `DataParallel`.
+           "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=2"}
     jax_process = subprocess.Popen([sys.executable, "-c", code, directory], cwd=REPO, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # The TensorFlow side runs meanwhile.
@@ -252,11 +266,14 @@ def test_jax_skips_a_non_finite_step(sides):
             np.testing.assert_array_equal(before, after)
 
 
-def test_jax_accumulation_and_ema_take_the_tensorflow_steps(sides):
+def test_jax_accumulation_ema_and_data_parallel_take_the_tensorflow_steps(sides):
     jax, tensorflow = sides
-    for case, rtol, rtol_norm in (("accumulation", RTOL_UPDATE, 1e-5),
-                                  ("bfloat16", RTOL_UPDATE_BF16, RTOL_GRAD_NORM_BF16)):
-        j, t = jax[case], tensorflow[case]
+    for case, reference, rtol, rtol_norm in (
+        ("accumulation", "accumulation", RTOL_UPDATE, 1e-5),
+        ("bfloat16", "bfloat16", RTOL_UPDATE_BF16, RTOL_GRAD_NORM_BF16),
+        ("data_parallel", "accumulation", RTOL_UPDATE, 1e-5),  # against one TF device
+    ):
+        j, t = jax[case], tensorflow[reference]
         assert max(t["agc_clip_fraction"]) > 0, case
         ratio = worst_update_ratio(tensorflow["dense_start"], j["weights"], t["weights"])
         assert ratio <= rtol, (case, ratio)
@@ -274,9 +291,9 @@ def test_jax_fit_lowers_the_loss_and_saves_the_optimizer_state(sides):
     assert fit["optimizer_equal"] and not any("Skipping variable loading" in w for w in fit["load_warnings"])
 
 
-def test_jax_refuses_loss_scaling_and_distributions(sides):
+def test_jax_refuses_loss_scaling_and_model_parallel(sides):
     refusals = sides[0]["refusals"]
     assert "dtype policy 'mixed_float16'" in refusals["mixed_float16"]
     assert "mixed_bfloat16" in refusals["mixed_float16"]
-    assert "keras.distribution" in refusals["distribution"]
+    assert "DataParallel" in refusals["distribution"] and "ModelParallel" in refusals["distribution"]
     assert all("\n" not in message for message in refusals.values())
