@@ -202,13 +202,15 @@ def sides(tmp_path_factory, jax_env):
         dense_x=(rng.normal(size=(6, 4, 6)) * 3).astype("float32"),
         dense_y=rng.integers(0, 3, (6, 4)),
     )
-    code = "import sys; sys.path.insert(1, 'tests'); import test_jax_backend as t; t.jax_side(sys.argv[1])"
+    code = ("import sys; sys.path.insert(1, 'tests'); import test_jax_backend as t; "
+            "t.jax_side(sys.argv[1])")
     env = {**jax_env,
            # LLVM's optimisation of XLA's CPU code takes half of the tiny
            # NFNet step's compile time (33 s -> 16 s on 2 cores); it does not
            # change what is computed (no fast-math on XLA:CPU by default).
            # Two CPU devices, for `DataParallel`.
-           "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": "--xla_backend_optimization_level=0 "
+                        "--xla_force_host_platform_device_count=2"}
     jax_process = subprocess.Popen([sys.executable, "-c", code, directory], cwd=REPO, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # The TensorFlow side runs meanwhile.
@@ -240,21 +242,21 @@ def worst_update_ratio(start, a, b):
 
 def test_jax_steps_leave_the_tensorflow_weights(sides):
     jax, tensorflow = sides
-    assert min(tensorflow["agc"]["agc_clip_fraction"]) > 0  # AGC clipped in every step
-    assert min(jax["agc"]["agc_clip_fraction"]) > 0
-    ratio = worst_update_ratio(tensorflow["start"], jax["agc"]["weights"], tensorflow["agc"]["weights"])
+    j, t = jax["agc"], tensorflow["agc"]
+    assert min(t["agc_clip_fraction"]) > 0 and min(j["agc_clip_fraction"]) > 0  # every step
+    ratio = worst_update_ratio(tensorflow["start"], j["weights"], t["weights"])
     assert ratio <= RTOL_UPDATE, ratio
     # The tolerance tells AGC from none: TensorFlow without it misses JAX's weights.
-    ratio_off = worst_update_ratio(tensorflow["start"], tensorflow["off"]["weights"], jax["agc"]["weights"])
+    ratio_off = worst_update_ratio(tensorflow["start"], tensorflow["off"]["weights"], j["weights"])
     assert ratio_off > 30 * RTOL_UPDATE, ratio_off
 
 
 def test_jax_metrics_equal_tensorflow_metrics(sides):
-    jax, tensorflow = sides
-    np.testing.assert_allclose(jax["agc"]["agc_clip_fraction"], tensorflow["agc"]["agc_clip_fraction"], atol=1e-6)
-    np.testing.assert_allclose(jax["agc"]["grad_norm"], tensorflow["agc"]["grad_norm"], rtol=1e-5)
-    np.testing.assert_allclose(jax["agc"]["loss"], tensorflow["agc"]["loss"], rtol=1e-5)
-    assert jax["agc"]["skipped_steps"] == tensorflow["agc"]["skipped_steps"] == [0.0] * STEPS
+    j, t = (side["agc"] for side in sides)
+    np.testing.assert_allclose(j["agc_clip_fraction"], t["agc_clip_fraction"], atol=1e-6)
+    np.testing.assert_allclose(j["grad_norm"], t["grad_norm"], rtol=1e-5)
+    np.testing.assert_allclose(j["loss"], t["loss"], rtol=1e-5)
+    assert j["skipped_steps"] == t["skipped_steps"] == [0.0] * STEPS
 
 
 def test_jax_skips_a_non_finite_step(sides):
@@ -288,12 +290,14 @@ def test_jax_fit_lowers_the_loss_and_saves_the_optimizer_state(sides):
     assert fit["after"]["loss"] < 0.5 * fit["before"]["loss"], fit
     assert fit["history"]["agc_clip_fraction"][0] > 0 and fit["history"]["skipped_steps"] == [0.0]
     assert "agc_clip_fraction" not in fit["after"]  # `evaluate` reports no training metrics
-    assert fit["optimizer_equal"] and not any("Skipping variable loading" in w for w in fit["load_warnings"])
+    assert fit["optimizer_equal"]
+    assert not any("Skipping variable loading" in w for w in fit["load_warnings"])
 
 
 def test_jax_refuses_loss_scaling_and_model_parallel(sides):
     refusals = sides[0]["refusals"]
     assert "dtype policy 'mixed_float16'" in refusals["mixed_float16"]
     assert "mixed_bfloat16" in refusals["mixed_float16"]
-    assert "DataParallel" in refusals["distribution"] and "ModelParallel" in refusals["distribution"]
+    assert "DataParallel" in refusals["distribution"]
+    assert "ModelParallel" in refusals["distribution"]
     assert all("\n" not in message for message in refusals.values())
