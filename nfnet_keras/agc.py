@@ -9,9 +9,11 @@ the norm of the matching unit of the weights:
     G_i <- G_i * clipping * ||W_i||* / ||G_i||   if ||G_i|| > clipping * ||W_i||*
 
 The pure functions `unitwise_norm` and `adaptive_clip` hold the maths;
-`NFModel` is a functional `keras.Model` whose `fit` applies it to the
+`NFModel` is a functional `keras.Model` whose `fit` (and `train_on_batch`)
+applies it on Keras's TensorFlow and JAX backends: on TensorFlow to the
 gradient of the *global* batch under any `tf.distribute` strategy, with or
-without loss scaling.
+without loss scaling; on JAX on one device or under
+`keras.distribution.DataParallel`, in float32 or mixed_bfloat16.
 
 Where the clipping sits (TensorFlow backend). Keras 3 sums gradients across
 replicas inside `optimizer.apply()` (`TFOptimizer._backend_update_step` ->
@@ -27,6 +29,22 @@ it is given in an `AGCOptimizer` (inside a `LossScaleOptimizer`, as Keras
 wraps one for mixed precision) whose `update_step` applies AGC and then the
 given optimizer's own update (momentum, weight decay, ...) -- the order of
 deepmind-research `nfnets/optim.py` `SGD_AGC` (reference doc §7.4).
+
+JAX backend. Keras's JAX trainer runs a stateless, jitted step: the
+gradient of the whole batch (one global array, also when a `DataParallel`
+distribution shards the batch over devices), then
+`optimizer.stateless_apply`, which runs the same `AGCOptimizer.apply`
+pipeline inside a `keras.StatelessScope` and returns the new values of the
+optimizer's `variables`. The per-variable
+AGC statistics are therefore among those variables on JAX (not saved with
+the optimizer's state), and the optimizer's conditional updates (gradient
+accumulation, EMA overwrite) select values instead of branching
+(`_assign_cond`). `NFModel`'s JAX step adds the non-finite guard and the
+metrics of the TensorFlow step. Two settings are refused on JAX with an
+error: loss scaling (`mixed_float16`), since Keras's `LossScaleOptimizer`
+saves the wrapped optimizer's `variables` whole, AGC statistics included,
+and its saved state would not load back into a new model; and the
+distributions other than `DataParallel` (untested).
 """
 
 import contextlib
@@ -208,7 +226,7 @@ def adaptive_clip(gradients, variables, clipping=DEFAULT_CLIPPING, eps=DEFAULT_E
 
 
 # ---------------------------------------------------------------------------
-# Training with AGC (TensorFlow backend).
+# Training with AGC (TensorFlow and JAX backends).
 # ---------------------------------------------------------------------------
 
 
@@ -274,7 +292,25 @@ class AGCOptimizer(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
+        # On JAX the step's AGC stats are optimizer state as well: the JAX
+        # trainer's `stateless_apply` returns the new values of `variables`
+        # only. They are not saved (`save_own_variables`).
+        step_variables = [] if self._agc is None else self._agc.step_variables
+        return self._saved_variables() + step_variables
+
+    def _saved_variables(self):
         return self._variables + self.inner_optimizer.variables
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self._saved_variables()):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store):
+        saved = self._saved_variables()
+        if len(store.keys()) != len(saved):
+            return super().load_own_variables(store)  # Keras's warning
+        for i, variable in enumerate(saved):
+            variable.assign(store[str(i)])
 
     @property
     def learning_rate(self):
@@ -312,20 +348,22 @@ class AGCOptimizer(keras.optimizers.Optimizer):
                 self._apply_clipped(mean, trainable_variables)
                 inner._backend_reset_gradient_accumulators()
 
-            ops.cond(
+            _assign_cond(
                 (inner._iterations + 1) % steps == 0,  # counts micro-batches
                 update,
                 lambda: inner._backend_increment_gradient_accumulators(grads, accumulated),
+                list(trainable_variables) + self.variables,
             )
         if inner.use_ema:
             inner._update_model_variables_moving_average(inner._trainable_variables)
             if inner.ema_overwrite_frequency:
-                ops.cond(
+                _assign_cond(
                     (inner.iterations + 1) % inner.ema_overwrite_frequency == 0,
                     lambda: inner._overwrite_model_variables_with_average_value(
                         inner._trainable_variables
                     ),
                     lambda: None,
+                    inner._trainable_variables,
                 )
 
     def _apply_clipped(self, grads, trainable_variables):
@@ -385,16 +423,40 @@ class _Hook:
         self.stats = stats
         self.index = index  # optimizer var key -> row of `stats`
         self.excluded = excluded  # optimizer var keys left unclipped
+        # JAX: `stats` travels with the optimizer's state (`AGCOptimizer.variables`).
+        self.step_variables = [] if keras.backend.backend() == "tensorflow" else [stats]
 
     def parts(self):
         return self.model, self.stats, self.index, self.excluded
 
 
 def _record(stats, row, n_clipped, sq_norm):
+    value = ops.stack([ops.cast(n_clipped, "float32"), ops.cast(sq_norm, "float32")])
+    if keras.backend.backend() != "tensorflow":
+        stats.assign(ops.slice_update(stats.value, (row, 0), value[None]))
+        return
     import tensorflow as tf
 
-    value = ops.stack([ops.cast(n_clipped, "float32"), ops.cast(sq_norm, "float32")])
     stats.scatter_update(tf.IndexedSlices(value[None], [row]))
+
+
+def _assign_cond(condition, true_fn, false_fn, variables):
+    """`ops.cond(condition, true_fn, false_fn)` for branches that assign variables.
+
+    TensorFlow runs one branch. A JAX step is traced statelessly, and a
+    variable assigned inside `lax.cond` would leak its traced value out of
+    the branch; so both branches run, and each keeps its assignments to
+    `variables` only where it is taken (as Keras's `JaxOptimizer` does for
+    gradient accumulation and EMA).
+    """
+    if keras.backend.backend() == "tensorflow":
+        ops.cond(condition, true_fn, false_fn)
+        return
+    for taken, branch in ((condition, true_fn), (ops.logical_not(condition), false_fn)):
+        before = [variable.value for variable in variables]
+        branch()
+        for variable, value in zip(variables, before):
+            variable.assign(ops.where(taken, variable.value, value))
 
 
 def with_agc(optimizer):
@@ -427,13 +489,18 @@ class _AGCState:
     """Training-only state of an `NFModel`, kept out of saved weights."""
 
     def __init__(self, model):
-        import tensorflow as tf
-
         n = len(model.trainable_variables)
-        self.stats = tf.Variable(
-            tf.zeros((n, 2)), trainable=False, name="agc_stats",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            self.stats = tf.Variable(
+                tf.zeros((n, 2)), trainable=False, name="agc_stats",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+        else:
+            self.stats = keras.Variable(
+                np.zeros((n, 2), "float32"), trainable=False, name="agc_stats"
+            )
         self.clip_fraction = keras.metrics.Mean(name="agc_clip_fraction")
         self.grad_norm = keras.metrics.Mean(name="grad_norm")
         self.skipped_steps = keras.metrics.Sum(name="skipped_steps")
@@ -529,7 +596,11 @@ class NFModel(keras.Model):
     `get_config`, so a saved `.keras` model trains the same way after
     `keras.models.load_model`; they can also be passed to `compile`.
 
-    The training step (TensorFlow backend) also
+    `fit` and `train_on_batch` train with AGC on Keras's TensorFlow backend
+    (any `tf.distribute` strategy, any dtype policy) and on its JAX backend
+    (one device or `keras.distribution.DataParallel`; dtype policy float32
+    or mixed_bfloat16: loss scaling and other distributions are refused
+    there with an error). The training step also
 
     * skips the update when any gradient of any replica is not finite: the
       optimizer is not called, so weights, optimizer state, iterations and
@@ -772,7 +843,12 @@ class NFModel(keras.Model):
         self.agc_eps = float(new_eps)
         if not (isinstance(agc_exclude, str) and agc_exclude == "keep"):
             self.agc_exclude = self._normalize_exclude(agc_exclude)
-        with self.distribute_strategy.scope():  # the wrapper's variables too
+        scope = (
+            self.distribute_strategy.scope()  # the wrapper's variables too
+            if keras.backend.backend() == "tensorflow"
+            else contextlib.nullcontext()
+        )
+        with scope:
             if args:  # `optimizer` is the first positional argument of `compile`
                 args = (with_agc(args[0]),) + args[1:]
             else:
@@ -794,13 +870,18 @@ class NFModel(keras.Model):
         return getattr(self, "_agc_state_obj", None)
 
     def make_train_function(self, force=False):
-        if keras.backend.backend() != "tensorflow":
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            scope = self.distribute_strategy.scope()
+        elif backend == "jax":
+            self._check_jax_training()
+            scope = contextlib.nullcontext()
+        else:
             raise NotImplementedError(
-                "NFModel's AGC training step is implemented for the TensorFlow "
-                f"backend only; the current backend is {keras.backend.backend()!r}."
+                "NFModel's AGC training step is implemented for the TensorFlow and JAX "
+                f"backends; the current backend is {backend!r}."
             )
-        strategy = self.distribute_strategy
-        with strategy.scope():
+        with scope:
             if self._agc_state is None or not self._agc_state.matches(self):
                 object.__setattr__(self, "_agc_state_obj", _AGCState(self))
             if self.optimizer is not None:
@@ -809,14 +890,48 @@ class NFModel(keras.Model):
                 self._agc_state.install(self)
         return super().make_train_function(force=force)
 
+    def _check_jax_training(self):
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(
+                f"NFModel '{self.name}' cannot train with loss scaling on the JAX backend "
+                f"(dtype policy {self.dtype_policy.name!r}, or a LossScaleOptimizer): use the "
+                "dtype policy 'float32' or 'mixed_bfloat16' there, or the TensorFlow backend."
+            )
+        distribution = keras.distribution.distribution()
+        if distribution is not None and not isinstance(
+            distribution, keras.distribution.DataParallel
+        ):
+            raise ValueError(
+                f"NFModel '{self.name}' trains on the JAX backend on one device or under "
+                "`keras.distribution.DataParallel`, not under the distribution "
+                f"{type(distribution).__name__}."
+            )
+
+    @property
+    def metrics_variables(self):
+        variables = super().metrics_variables
+        if keras.backend.backend() == "jax" and self._agc_state is not None:
+            # The JAX trainer carries these variables, and no others, through
+            # its stateless step (`_jax_train_step`); the AGC metrics stay out
+            # of `metrics`, so that `evaluate` does not report them.
+            for metric in self._agc_state.metrics:
+                variables.extend(metric.variables)
+        return variables
+
     def reset_metrics(self):
         super().reset_metrics()
         if self._agc_state is not None:
             for metric in self._agc_state.metrics:
                 metric.reset_state()
 
-    def train_step(self, data):
-        """The stock Keras step with a global non-finite guard and AGC metrics."""
+    def train_step(self, *args):
+        """The stock Keras step (of the TensorFlow or JAX backend) with a
+        global non-finite guard and AGC metrics."""
+        if keras.backend.backend() == "jax":
+            return self._jax_train_step(*args)
+        return self._tf_train_step(*args)
+
+    def _tf_train_step(self, data):
         import tensorflow as tf
         from keras.src.losses.loss import unscale_loss_for_distribution
 
@@ -839,6 +954,46 @@ class NFModel(keras.Model):
             state.update_metrics(self, finite)
             logs.update({m.name: m.result() for m in state.metrics})
         return logs
+
+    def _jax_train_step(self, state, data):
+        """Keras's JAX step (`JAXTrainer.train_step`, stateless) with the
+        non-finite guard and the AGC metrics of the TensorFlow step."""
+        import jax
+
+        trainable, non_trainable, optimizer_values, metrics_values = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with _agc_step():
+            (_, aux), gradients = jax.value_and_grad(self.compute_loss_and_updates, has_aux=True)(
+                trainable, non_trainable, metrics_values, x, y, sample_weight,
+                training=True, optimizer_variables=optimizer_values,
+            )
+        unscaled_loss, y_pred, non_trainable, metrics_values = aux
+        # The whole batch's gradient, also under `DataParallel` (no replicas to agree).
+        finite = ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in gradients]))
+        new_trainable, new_optimizer = self.optimizer.stateless_apply(
+            optimizer_values, gradients, trainable
+        )
+        # Skipped unless finite: the old values are kept, optimizer state included.
+        trainable = [ops.where(finite, new, old) for new, old in zip(new_trainable, trainable)]
+        optimizer_values = [
+            ops.where(finite, new, old) for new, old in zip(new_optimizer, optimizer_values)
+        ]
+        logs, metrics_values = self._update_metrics_variables(
+            metrics_values, unscaled_loss, x, y, y_pred, sample_weight
+        )
+        agc_state = self._agc_state
+        if agc_state is None:  # only if train_step is driven by hand
+            return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+        stats = next(
+            value for variable, value in zip(self.optimizer.variables, optimizer_values)
+            if variable is agc_state.stats
+        )
+        mapping = list(zip(self.metrics_variables, metrics_values)) + [(agc_state.stats, stats)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            agc_state.update_metrics(self, finite)
+            logs.update({m.name: m.result() for m in agc_state.metrics})
+        metrics_values = [scope.get_current_value(v) for v in self.metrics_variables]
+        return logs, (trainable, non_trainable, optimizer_values, metrics_values)
 
 
 # Legacy `.h5` files name the model class by its bare `__name__` (Keras's

@@ -34,7 +34,7 @@ JAX_SITE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
                         ".venv", "jax-backend")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def jax_env():
     """The environment of a subprocess on Keras's JAX backend, on the CPU."""
     if not os.path.isdir(os.path.join(JAX_SITE, "jax")):
