@@ -23,6 +23,6 @@ EXTRAS="cpu,train,hub,convert"
 # memory and ~1 s of start-up to every TensorFlow process.
 if [ "${1:-}" = "test" ]; then
   "$PIP" install -q -c constraints.txt --no-deps --upgrade --target .venv/jax-backend \
-    jax jaxlib opt_einsum 2>&1 | grep -v "^WARNING: Location" || true
+    jax jaxlib 2>&1 | grep -v "^WARNING: Location" || true
 fi
 .venv/bin/python -c "import nfnet_keras, keras; print('nfnet_keras', nfnet_keras.__version__, 'keras', keras.__version__)"
