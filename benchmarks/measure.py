@@ -49,7 +49,7 @@ FRAMEWORKS = {
 JIT_FRAMEWORKS = ("keras", "keras_folded", "keras_applications")
 # Exported graphs are float32 whatever the training precision (the exporter's rule).
 FLOAT32_ONLY = ("savedmodel", "savedmodel_folded")
-# The JAX step has no loss scaling, which float16 needs.
+# NFModel refuses loss scaling, which float16 needs, on the JAX backend.
 NO_FLOAT16 = ("keras_jax",)
 DEVICES = ("cpu", "gpu")
 # timm's autocast dtype of each Keras policy (timm train.py `--amp-dtype`).
@@ -359,7 +359,8 @@ def main(argv=None):
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="the Keras dtype policy; timm: torch.autocast with its dtype")
     parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="gpu: TensorFlow's default placement, CUDA for timm; cpu: GPUs hidden")
+                        help="gpu: TensorFlow's and JAX's default placement, CUDA for timm; "
+                             "cpu: GPUs hidden")
     parser.add_argument("--jit-compile", action="store_true",
                         help="TensorFlow frameworks: compile the call or train step with XLA")
     parser.add_argument("--inter-op-threads", type=int, default=0,
@@ -386,9 +387,8 @@ def main(argv=None):
     # (timm's measurement uses Keras only to look up the row).
     if library(args.framework) != "torch":
         os.environ["KERAS_BACKEND"] = library(args.framework)
-    if library(args.framework) == "jax":
-        if args.device == "cpu":  # before JAX is imported: its CPU client alone
-            os.environ["JAX_PLATFORMS"] = "cpu"
+    if library(args.framework) == "jax" and args.device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is imported: its CPU client alone
     if args.device == "gpu":
         device = gpu_names([library(args.framework)])[library(args.framework)]
     elif library(args.framework) == "tensorflow":

@@ -336,7 +336,8 @@ def main(argv=None):
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="the Keras dtype policy; timm runs under torch.autocast of its dtype")
     parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="gpu: TensorFlow's default placement, CUDA for timm; cpu: GPUs hidden")
+                        help="gpu: TensorFlow's and JAX's default placement, CUDA for timm; "
+                             "cpu: GPUs hidden")
     parser.add_argument("--jit-compile", nargs="+", choices=("off", "on"), default=["off"],
                         help="XLA for the Keras models: off, on, or both ('off on': keras and "
                              "keras+xla rows)")

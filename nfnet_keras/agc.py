@@ -843,12 +843,7 @@ class NFModel(keras.Model):
         self.agc_eps = float(new_eps)
         if not (isinstance(agc_exclude, str) and agc_exclude == "keep"):
             self.agc_exclude = self._normalize_exclude(agc_exclude)
-        scope = (
-            self.distribute_strategy.scope()  # the wrapper's variables too
-            if keras.backend.backend() == "tensorflow"
-            else contextlib.nullcontext()
-        )
-        with scope:
+        with self._strategy_scope():  # the wrapper's variables too
             if args:  # `optimizer` is the first positional argument of `compile`
                 args = (with_agc(args[0]),) + args[1:]
             else:
@@ -871,17 +866,14 @@ class NFModel(keras.Model):
 
     def make_train_function(self, force=False):
         backend = keras.backend.backend()
-        if backend == "tensorflow":
-            scope = self.distribute_strategy.scope()
-        elif backend == "jax":
+        if backend == "jax":
             self._check_jax_training()
-            scope = contextlib.nullcontext()
-        else:
+        elif backend != "tensorflow":
             raise NotImplementedError(
                 "NFModel's AGC training step is implemented for the TensorFlow and JAX "
                 f"backends; the current backend is {backend!r}."
             )
-        with scope:
+        with self._strategy_scope():
             if self._agc_state is None or not self._agc_state.matches(self):
                 object.__setattr__(self, "_agc_state_obj", _AGCState(self))
             if self.optimizer is not None:
@@ -889,6 +881,13 @@ class NFModel(keras.Model):
                     self.optimizer.build(self.trainable_variables)
                 self._agc_state.install(self)
         return super().make_train_function(force=force)
+
+    def _strategy_scope(self):
+        """The model's `tf.distribute` scope on TensorFlow; nothing on JAX,
+        whose `keras.distribution` needs no scope."""
+        if keras.backend.backend() == "tensorflow":
+            return self.distribute_strategy.scope()
+        return contextlib.nullcontext()
 
     def _check_jax_training(self):
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):

@@ -20,9 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 # Equal up to float32 rounding of the two backends' kernels: the largest
 # difference per variable, relative to the size of its update over the steps
-# (measured: 1.6e-5 for the tiny NFNet, 2e-6 for the dense model;
-# `tests/test_benchmarks.py` allows the same 1e-3 for this model; without AGC
-# on one side the difference is 750 times the update).
+# (measured: 1.6e-5 for the tiny NFNet, 2e-6 for the dense model; without
+# AGC on one side the difference is 750 times the update).
 RTOL_UPDATE = 1e-3
 # mixed_bfloat16: bfloat16 keeps 8 significant bits (2^-8 = 0.4 % per
 # rounding), and the two backends round different intermediate values; over
